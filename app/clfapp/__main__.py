@@ -1,0 +1,3 @@
+from clfapp.cli.main import run
+
+run()

@@ -1,0 +1,111 @@
+"""The model bundle: `weights.safetensors` + `model.json`. Opening one never runs code.
+
+model.json says everything needed to rebuild the model and feed it: arch, head options,
+classes, input size and resize method, normalisation, thresholds (multi-label) and the library
+versions it was made with.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import UsageError
+
+FORMAT = 1
+WEIGHTS, META = "weights.safetensors", "model.json"
+
+
+@dataclass
+class BundleMeta:
+    arch: str
+    classes: list[str]
+    size: int
+    resize: str
+    mean: list[float]
+    std: list[float]
+    dropout: float = 0.5
+    concat_pool: bool = True
+    multi_label: bool = False
+    thresholds: list[float] | None = None
+    interpolation: str = "bicubic"
+    pretrained_from: str = ""
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    format: int = FORMAT
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("clfapp", "torch", "torchvision", "timm", "fastai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save(folder: Path, model, meta: BundleMeta) -> Path:
+    """Write the bundle into `folder` via a temporary folder, so it is whole or absent."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta.versions = meta.versions or library_versions()
+    meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save_model(model, str(tmp / WEIGHTS))
+    (tmp / META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def find(path: Path) -> Path:
+    """The bundle folder for a run folder or a bundle folder."""
+    path = Path(path)
+    for candidate in (path / "model", path):
+        if (candidate / META).is_file() and (candidate / WEIGHTS).is_file():
+            return candidate
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; give a run folder (runs/NAME) or a model folder")
+    raise UsageError(f"{path} holds no model bundle ({META} + {WEIGHTS}); was its fit finished?")
+
+
+def read_meta(path: Path) -> BundleMeta:
+    folder = find(path)
+    try:
+        raw = json.loads((folder / META).read_text())
+        meta = BundleMeta(**raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UsageError(f"{folder / META} is not a valid clfapp model description: {e}")
+    if meta.format > FORMAT:
+        raise UsageError(f"{folder} was written by a newer clfapp (format {meta.format}); upgrade clfapp")
+    return meta
+
+
+def load(path: Path):
+    """(model in eval mode, meta), rebuilt from model.json and strictly loaded weights."""
+    from safetensors.torch import load_model
+
+    from . import models
+
+    meta = read_meta(path)
+    model, _ = models.build(models.resolve(meta.arch), len(meta.classes), meta.dropout,
+                            meta.concat_pool)
+    load_model(model, str(find(path) / WEIGHTS), strict=True)
+    return model.eval(), meta
+
+
+def write_meta(path: Path, meta: BundleMeta) -> None:
+    """Update model.json in place (atomically), e.g. after a threshold search."""
+    target = find(path) / META
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    os.replace(tmp, target)

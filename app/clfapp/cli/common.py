@@ -1,0 +1,65 @@
+"""What every command shares: error handling, exit codes, recipe options."""
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError  # noqa: F401 (re-exported)
+
+EXIT_INTERRUPTED = 130
+
+
+def command(fn):
+    """Run a command body: user mistakes → one line + exit 2; Ctrl-C → exit 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="fastai")
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+    return wrapper
+
+
+# Options shared by the commands that take a recipe (fit, lr-find). None = keep the recipe's value.
+Recipe = Annotated[str, typer.Argument(help="Recipe name (see `clfapp recipes`) or path to a .toml file.")]
+Data = Annotated[Optional[str], typer.Option("--data", help="Dataset folder or CSV (data.path).")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="timm or torchvision architecture (model.arch).")]
+Size = Annotated[Optional[int], typer.Option("--size", help="Input size in pixels (data.size).")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs after the frozen ones (train.epochs).")]
+Bs = Annotated[Optional[int], typer.Option("--bs", help="Batch size (train.bs).")]
+Lr = Annotated[Optional[str], typer.Option("--lr", help="Learning rate, or 'auto' for the LR finder's valley (train.lr).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for split and training (train.seed).")]
+Name = Annotated[Optional[str], typer.Option("--name", help="Run folder name under runs/ (default: RECIPE-N).")]
+Weights = Annotated[Optional[str], typer.Option("--weights", help="Pretrained backbone weights file (model.weights).")]
+Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from pretrained weights (model.pretrained).")]
+Set = Annotated[Optional[list[str]], typer.Option("--set", help="Any config value: section.key=value (repeatable).")]
+
+
+def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs=None, lr=None,
+                   seed=None, weights=None, pretrained=None, sets=None):
+    """Recipe file + command-line overrides → one validated Config."""
+    from .. import config, recipes
+
+    name, path = recipes.find(recipe)
+    flags = {"data": {"path": data, "size": size},
+             "model": {"arch": arch, "weights": weights, "pretrained": pretrained},
+             "train": {"epochs": epochs, "bs": bs, "lr": lr, "seed": seed}}
+    overrides = {s: {k: v for k, v in t.items() if v is not None} for s, t in flags.items()}
+    for section, table in config.parse_set(sets or []).items():
+        overrides.setdefault(section, {}).update(table)
+    return config.load(path, {s: t for s, t in overrides.items() if t}, recipe_name=name)
+
+
+def echo(msg: str) -> None:
+    typer.echo(msg)
+    sys.stdout.flush()

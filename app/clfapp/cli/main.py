@@ -1,0 +1,20 @@
+"""`clfapp`: the Typer application. Commands import their heavy modules only when they run."""
+from __future__ import annotations
+
+import typer
+
+from . import data, evaluate, fit, lr_find, predict, recipes
+
+app = typer.Typer(
+    help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command("fit")(fit.fit)
+app.command("lr-find")(lr_find.lr_find)
+app.command("evaluate")(evaluate.evaluate)
+app.command("predict")(predict.predict)
+app.command("recipes")(recipes.recipes)
+app.add_typer(data.app, name="data")
+
+
+def run() -> None:
+    app()

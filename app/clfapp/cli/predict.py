@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+
+@common.command
+def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/) holding model/.")],
+            paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive), or .txt/.csv lists of paths.")],
+            out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default RUN/predict-N/predictions.csv|json).")] = None,
+            fmt: Annotated[str, typer.Option("--format", help="csv | json.")] = "csv",
+            top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
+            tta: Annotated[bool, typer.Option("--tta", help="Average with mirrored images.")] = False,
+            bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
+    """Classify images with a trained model: label, probability and top-k per image.
+
+    Loads only the safe bundle (safetensors + model.json); unreadable images are skipped with a
+    warning naming them.
+    """
+    from .. import predict as pr
+    from .. import runs
+
+    if fmt not in ("csv", "json"):
+        raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
+    folder = runs.existing(run)
+    files = pr.collect_paths(paths)
+    predictor = pr.Predictor(folder)
+    probs, kept = predictor.probabilities(files, tta=tta, bs=bs)
+    df = pr.table([files[i] for i in kept], probs, predictor.classes, top_k)
+    if out is None:
+        out = runs.new_folder(folder, "predict") / f"predictions.{fmt}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if fmt == "csv":
+        df.to_csv(tmp, index=False)
+    else:
+        df.to_json(tmp, orient="records", indent=1)
+    os.replace(tmp, out)  # never a half-written output file
+    common.echo(f"{len(df)} predictions written to {out}")

@@ -1,0 +1,128 @@
+"""Batched inference from a model bundle: paths in, class probabilities out."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import images
+from .errors import UsageError
+
+
+def collect_paths(inputs: list[str]) -> list[str]:
+    """Image files from files, folders (recursive) and .txt/.csv lists of paths."""
+    import pandas as pd
+
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += [str(x) for x in images.find_images(p)]
+        elif p.is_file() and p.suffix.lower() in (".txt", ".csv"):
+            if p.suffix.lower() == ".csv":
+                df = pd.read_csv(p, dtype=str)
+                col = next((c for c in ("path", "fname", "file", "filename") if c in df), df.columns[0])
+                names = df[col].dropna().tolist()
+            else:
+                names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+            out += [str(Path(n) if Path(n).is_absolute() else p.parent / n) for n in names]
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise UsageError(f"{item} does not exist")
+    if not out:
+        raise UsageError(f"no images found in {', '.join(inputs)}")
+    return out
+
+
+class _Images:
+    """Decodes one image per item; unreadable files give None and a warning."""
+
+    def __init__(self, paths, size, resize):
+        self.paths, self.size, self.resize = paths, size, resize
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        a = images.try_read(self.paths[i], self.size, self.resize)
+        return i, a
+
+
+def _collate(batch):
+    import torch
+    kept = [(i, a) for i, a in batch if a is not None]
+    if not kept:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+    idx = torch.tensor([i for i, _ in kept])
+    x = torch.from_numpy(np.stack([a for _, a in kept])).permute(0, 3, 1, 2)
+    return idx, x
+
+
+class Predictor:
+    """A bundle's model with its preprocessing: `probabilities(paths)`."""
+
+    def __init__(self, run: Path):
+        import torch
+
+        from . import bundle
+        self.model, self.meta = bundle.load(run)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.meta.std).view(1, 3, 1, 1)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.classes
+
+    def forward(self, x_uint8, tta: bool = False):
+        """Probabilities for a uint8 N,3,S,S batch. TTA averages with the mirrored image."""
+        import torch
+        x = ((x_uint8.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            logits = self.model(x)
+            probs = self._activate(logits)
+            if tta:
+                probs = (probs + self._activate(self.model(torch.flip(x, dims=[3])))) / 2
+        return probs
+
+    def _activate(self, logits):
+        return logits.sigmoid() if self.meta.multi_label else logits.softmax(dim=1)
+
+    def probabilities(self, paths: list[str], tta: bool = False, bs: int = 64,
+                      workers: int = 0, progress: bool = True):
+        """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning."""
+        import torch
+        from fastprogress.fastprogress import progress_bar
+
+        loader = torch.utils.data.DataLoader(
+            _Images(paths, self.meta.size, self.meta.resize), batch_size=bs,
+            num_workers=workers, collate_fn=_collate)
+        out, kept = [], []
+        batches = progress_bar(loader) if progress and len(loader) > 3 else loader
+        for idx, x in batches:
+            if len(idx):
+                out.append(self.forward(x, tta).numpy())
+                kept.append(idx.numpy())
+        if not out:
+            raise UsageError("none of the images could be read")
+        skipped = len(paths) - sum(map(len, kept))
+        if skipped:
+            print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
+        return np.concatenate(out), np.concatenate(kept)
+
+
+def table(paths: list[str], probs: np.ndarray, classes: list[str], top_k: int = 3):
+    """predictions.csv rows: path, label, probability, then the top-k labels and probabilities."""
+    import pandas as pd
+
+    k = min(top_k, len(classes))
+    order = np.argsort(-probs, axis=1)[:, :k]
+    df = pd.DataFrame({"path": paths,
+                       "label": [classes[i] for i in order[:, 0]],
+                       "probability": probs[np.arange(len(probs)), order[:, 0]].round(6)})
+    for j in range(k):
+        df[f"top{j + 1}"] = [classes[i] for i in order[:, j]]
+        df[f"top{j + 1}_prob"] = probs[np.arange(len(probs)), order[:, j]].round(6)
+    return df

@@ -1,0 +1,79 @@
+"""What a person reads: metrics.json, report.md and the plots of a run or an evaluation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path) -> None:
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 2)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_png(results_csv: Path, path: Path) -> None:
+    """Loss and metric curves from results.csv."""
+    import pandas as pd
+    plt = _pyplot()
+    df = pd.read_csv(results_csv)
+    metric_cols = [c for c in df.columns if c not in ("epoch", "phase", "train_loss", "valid_loss", "lr", "seconds")]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(df["epoch"], df["train_loss"], label="train_loss")
+    a1.plot(df["epoch"], df["valid_loss"], label="valid_loss")
+    a1.set_xlabel("epoch"), a1.legend(), a1.set_title("loss")
+    for c in metric_cols:
+        a2.plot(df["epoch"], df[c], label=c)
+    a2.set_xlabel("epoch"), a2.legend(), a2.set_title("validation metrics")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt(v) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: list[str] = ()) -> None:
+    """metrics.json, plots/confusion_matrix.png and report.md in `folder`."""
+    folder = Path(folder)
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    confusion_matrix_png(m["confusion_matrix"], classes, folder / "plots" / "confusion_matrix.png")
+    lines = [f"# {title}", "", *extra,
+             f"| metric | value |", "|---|---|",
+             *(f"| {k} | {fmt(m[k])} |" for k in ("n", "accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr")),
+             "", "## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|",
+             *(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+               for c, v in m["per_class"].items()),
+             "", "![confusion matrix](plots/confusion_matrix.png)", ""]
+    if (folder / "plots" / "curves.png").exists():
+        lines.append("![training curves](plots/curves.png)\n")
+    (folder / "report.md").write_text("\n".join(lines))
+
+
+def summary_line(m: dict) -> str:
+    return (f"accuracy {fmt(m['accuracy'])}  f1_macro {fmt(m['f1_macro'])}  "
+            f"roc_auc {fmt(m['roc_auc_ovr'])}  (n={m['n']})")

@@ -1,0 +1,177 @@
+"""fit(config) → a finished run folder; lr_find(config) → the LR finder's figures.
+
+The run folder gets: config.toml, splits.csv, results.csv (one row per epoch), metrics.json,
+report.md, plots/, and the model bundle in model/.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import bundle, config, data, evaluate, losses, models, optim, report, samples, weights
+from .config import Config
+
+MONITOR_METRIC = {"accuracy": "accuracy", "f1_macro": "f1_macro", "valid_loss": "valid_loss"}
+
+
+@dataclass
+class FitResult:
+    folder: Path
+    metrics: dict
+    best_epoch: int | None
+    seconds: float
+    interrupted: bool
+    lr: float
+
+
+@dataclass
+class Prepared:
+    learn: object
+    dataset: data.Dataset
+    arch: models.Arch
+    weights_source: str
+
+
+def prepare_data_path(cfg: Config) -> None:
+    """Materialise the recipe's embedded sample dataset when its folder is missing."""
+    if cfg.data.sample:
+        samples.ensure(cfg.data.sample, Path(cfg.data.path))
+
+
+def _metrics():
+    from fastai.metrics import F1Score, accuracy
+    f1 = F1Score(average="macro")
+    f1._name = "f1_macro"
+    return [accuracy, f1]
+
+
+def prepare(cfg: Config, folder: Path) -> Prepared:
+    """Everything up to a ready Learner: weights, data (decoded once), model, callbacks."""
+    import fastai.callback.progress  # noqa: F401  (adds the progress bars to every Learner)
+    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle, fine_tune, lr_find)
+    from fastai.learner import Learner
+    from fastai.torch_core import set_seed
+
+    set_seed(cfg.train.seed)
+    arch = models.resolve(cfg.model.arch)
+    found = weights.resolve(arch.source, arch.name, cfg.model.weights) if cfg.model.pretrained else None
+    if found:
+        print(f"pretrained weights for {arch.name}: {found.source}")
+    prepare_data_path(cfg)
+    ds = data.load(cfg)
+    ds.items.to_csv(folder / "splits.csv", index=False)
+    counts = ds.items["split"].value_counts()
+    print(f"{len(ds.classes)} classes; {counts.get('train', 0)} train, {counts.get('valid', 0)} valid"
+          + (f", {counts['test']} test (held out)" if "test" in counts else ""))
+    dls = data.dataloaders(ds, cfg, (arch.mean, arch.std))
+    model, splitter = models.build(arch, len(ds.classes), cfg.model.dropout, cfg.model.concat_pool,
+                                   found.state if found else None, found.source if found else "")
+    learn = Learner(dls, model, loss_func=losses.make(cfg.loss), opt_func=optim.make(cfg.train.opt),
+                    splitter=splitter, metrics=_metrics(), wd=cfg.train.wd, path=folder,
+                    cbs=_precision_callbacks(cfg.train.precision))
+    if found:
+        learn.freeze()
+    return Prepared(learn, ds, arch, found.source if found else "")
+
+
+def _precision_callbacks(precision: str) -> list:
+    import torch
+
+    from .callbacks import CPUBFloat16, bf16_enabled
+    if torch.cuda.is_available() and precision != "fp32":
+        from fastai.callback.fp16 import MixedPrecision
+        return [MixedPrecision(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")]
+    return [CPUBFloat16()] if bf16_enabled(precision) else []
+
+
+def find_lr(learn, folder: Path) -> dict:
+    """Run fastai's LR finder; save lr_find.png and lr_find.json in `folder`; return figures."""
+    from fastai.callback.schedule import minimum, slide, steep, valley
+
+    (folder / "plots").mkdir(exist_ok=True)
+    found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=False)
+    figures = {k: float(v) for k, v in found._asdict().items()}
+    plt = report._pyplot()
+    learn.recorder.plot_lr_find(suggestions=True, nms=list(figures))
+    plt.savefig(folder / "plots" / "lr_find.png", dpi=100)
+    plt.close("all")
+    rec = learn.recorder
+    curve = {"lr": [float(x) for x in rec.lrs], "loss": [float(x) for x in rec.losses]}
+    (folder / "lr_find.json").write_text(json.dumps({"suggestions": figures, **curve}, indent=1) + "\n")
+    return figures
+
+
+def fit(cfg: Config, folder: Path) -> FitResult:
+    """Train per `cfg` into `folder`; Ctrl-C stops training and still saves the best epoch."""
+    from fastai.callback.tracker import EarlyStoppingCallback
+
+    from .callbacks import KeepBest, ResultsCSV
+
+    t0 = time.perf_counter()
+    (folder / "config.toml").write_text(config.dumps(cfg))
+    prep = prepare(cfg, folder)
+    learn, t = prep.learn, cfg.train
+    lr = t.lr
+    if lr == "auto":
+        lr = find_lr(learn, folder)["valley"]
+        print(f"LR finder: valley at {lr:.2e}; training with it")
+        cfg = replace(cfg, train=replace(t, lr=lr))
+        (folder / "config.toml").write_text(config.dumps(cfg))
+    keep = KeepBest(MONITOR_METRIC[t.monitor])
+    cbs = [ResultsCSV(folder / "results.csv"), keep]
+    if t.early_stop:
+        cbs.append(EarlyStoppingCallback(monitor=MONITOR_METRIC[t.monitor], patience=t.early_stop,
+                                         reset_on_fit=False))
+    interrupted = False
+    try:
+        if prep.weights_source and t.freeze_epochs:
+            learn.fine_tune(t.epochs, base_lr=lr, freeze_epochs=t.freeze_epochs, cbs=cbs)
+        else:
+            learn.unfreeze()
+            learn.fit_one_cycle(t.epochs + (0 if prep.weights_source else t.freeze_epochs), lr, cbs=cbs)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: saving the best epoch so far")
+    if keep.state is None:
+        if interrupted:
+            return FitResult(folder, {}, None, time.perf_counter() - t0, True, lr)
+        raise RuntimeError("training finished no epoch")
+    keep.restore(learn.model)
+    return _finish(cfg, prep, folder, keep, lr, t0, interrupted)
+
+
+def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, interrupted: bool) -> FitResult:
+    """Validation metrics of the kept epoch, plots, report and the bundle."""
+    learn, ds = prep.learn, prep.dataset
+    learn.model.float()
+    probs, y = learn.get_preds(dl=learn.dls.valid)
+    m = evaluate.metrics(probs.float().numpy(), y.numpy(), ds.classes)
+    seconds = time.perf_counter() - t0
+    m.update(best_epoch=keep.best_epoch, seconds=round(seconds, 1), interrupted=interrupted)
+    (folder / "plots").mkdir(exist_ok=True)
+    if (folder / "results.csv").exists():
+        report.curves_png(folder / "results.csv", folder / "plots" / "curves.png")
+    meta = bundle.BundleMeta(
+        arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
+        mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
+        concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source)
+    bundle.save(folder / "model", _contiguous(learn.model), meta)
+    report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=[
+        f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
+        f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
+        + (" (interrupted)" if interrupted else "") + ".", "", "Validation split:", ""])
+    return FitResult(folder, m, keep.best_epoch, seconds, interrupted, lr)
+
+
+def _contiguous(model):
+    """Back to the default memory format: safetensors stores contiguous tensors."""
+    import torch
+    return model.to(memory_format=torch.contiguous_format)
+
+
+def lr_find(cfg: Config, folder: Path) -> dict:
+    (folder / "config.toml").write_text(config.dumps(cfg))
+    prep = prepare(cfg, folder)
+    return find_lr(prep.learn, folder)
