@@ -96,10 +96,16 @@ class CPUBFloat16(Callback):
         self.learn.pred = self.learn.pred.float()
 
     def after_loss(self):
-        self.autocast.__exit__(None, None, None)
+        self.close()
 
     def after_cancel_batch(self):
-        self.autocast.__exit__(None, None, None)
+        self.close()
+
+    def close(self):
+        """Leave autocast if a batch was cut short (Ctrl-C skips fastai's after_* events)."""
+        if getattr(self, "autocast", None) is not None and torch.is_autocast_enabled("cpu"):
+            self.autocast.__exit__(None, None, None)
+        self.autocast = None
 
 
 def cpu_has_fast_bf16() -> bool:

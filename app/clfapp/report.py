@@ -52,6 +52,20 @@ def curves_png(results_csv: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def lr_find_png(lrs: list, losses: list, suggestions: dict, path: Path) -> None:
+    """Loss against learning rate (log scale) with the finder's suggestions marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    end = max(1, len(lrs) - 5)  # the last steps diverge and squash the plot
+    ax.plot(lrs[:end], losses[:end])
+    for (name, lr), color in zip(suggestions.items(), ("C1", "C2", "C3", "C4")):
+        ax.axvline(lr, color=color, linestyle="--", label=f"{name} {lr:.1e}")
+    ax.set_xscale("log"), ax.set_xlabel("learning rate"), ax.set_ylabel("loss"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def fmt(v) -> str:
     return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 

@@ -92,14 +92,15 @@ def find_lr(learn, folder: Path) -> dict:
 
     (folder / "plots").mkdir(exist_ok=True)
     found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=False)
+    scratch = folder / learn.model_dir  # fastai's temporary checkpoint folder, empty by now
+    if scratch.is_dir() and not any(scratch.iterdir()):
+        scratch.rmdir()
     figures = {k: float(v) for k, v in found._asdict().items()}
-    plt = report._pyplot()
-    learn.recorder.plot_lr_find(suggestions=True, nms=list(figures))
-    plt.savefig(folder / "plots" / "lr_find.png", dpi=100)
-    plt.close("all")
     rec = learn.recorder
-    curve = {"lr": [float(x) for x in rec.lrs], "loss": [float(x) for x in rec.losses]}
-    (folder / "lr_find.json").write_text(json.dumps({"suggestions": figures, **curve}, indent=1) + "\n")
+    lrs, losses = [float(x) for x in rec.lrs], [float(x) for x in rec.losses]
+    report.lr_find_png(lrs, losses, figures, folder / "plots" / "lr_find.png")
+    (folder / "lr_find.json").write_text(
+        json.dumps({"suggestions": figures, "lr": lrs, "loss": losses}, indent=1) + "\n")
     return figures
 
 
@@ -107,7 +108,7 @@ def fit(cfg: Config, folder: Path) -> FitResult:
     """Train per `cfg` into `folder`; Ctrl-C stops training and still saves the best epoch."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
-    from .callbacks import KeepBest, ResultsCSV
+    from .callbacks import CPUBFloat16, KeepBest, ResultsCSV
 
     t0 = time.perf_counter()
     (folder / "config.toml").write_text(config.dumps(cfg))
@@ -134,6 +135,8 @@ def fit(cfg: Config, folder: Path) -> FitResult:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: saving the best epoch so far")
+        for cb in learn.cbs.filter(lambda c: isinstance(c, CPUBFloat16)):
+            cb.close()
     if keep.state is None:
         if interrupted:
             return FitResult(folder, {}, None, time.perf_counter() - t0, True, lr)

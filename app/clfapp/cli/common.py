@@ -17,6 +17,7 @@ def command(fn):
     """Run a command body: user mistakes → one line + exit 2; Ctrl-C → exit 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _quiet_bars_off_terminal()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="fastai")
         try:
@@ -28,6 +29,16 @@ def command(fn):
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED)
     return wrapper
+
+
+def _quiet_bars_off_terminal() -> None:
+    """Progress bars only on a terminal: piped into a log, they are thousands of lines.
+
+    (fastprogress's own check tests `stdout.isatty` without calling it, so it is always on.)
+    """
+    if not sys.stdout.isatty():
+        import fastprogress.fastprogress as fp
+        fp.NO_BAR = True
 
 
 # Options shared by the commands that take a recipe (fit, lr-find). None = keep the recipe's value.
@@ -51,7 +62,8 @@ def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs
     from .. import config, recipes
 
     name, path = recipes.find(recipe)
-    flags = {"data": {"path": data, "size": size},
+    # A dataset given on the command line replaces the recipe's, embedded sample included.
+    flags = {"data": {"path": data, "size": size, "sample": "" if data else None},
              "model": {"arch": arch, "weights": weights, "pretrained": pretrained},
              "train": {"epochs": epochs, "bs": bs, "lr": lr, "seed": seed}}
     overrides = {s: {k: v for k, v in t.items() if v is not None} for s, t in flags.items()}

@@ -7,7 +7,7 @@ import typer
 
 from . import common
 
-app = typer.Typer(help="Datasets: embedded samples.", no_args_is_help=True)
+app = typer.Typer(help="Datasets: embedded samples.", no_args_is_help=True, rich_markup_mode="markdown")
 
 
 @app.command("sample")

@@ -7,7 +7,8 @@ from . import data, evaluate, fit, lr_find, predict, recipes
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown")
 app.command("fit")(fit.fit)
 app.command("lr-find")(lr_find.lr_find)
 app.command("evaluate")(evaluate.evaluate)
