@@ -147,6 +147,9 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise UsageError(f"{where} must be true or false, got {value!r}")
+    if isinstance(value, bool):  # TOML true/false is no number, though int(True) == 1
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise UsageError(f"{where} must be {kind}, got {str(value).lower()}")
     if isinstance(default, int):
         try:
             if isinstance(value, float) and not value.is_integer():
@@ -176,6 +179,9 @@ def _check_ranges(cfg: Config) -> None:
         raise UsageError(f"data.labels = {d.labels!r}: use 'folder', 'csv:FILE' or 'name:REGEX'")
     if t.epochs < 0 or t.freeze_epochs < 0 or t.epochs + t.freeze_epochs == 0:
         raise UsageError("train.epochs and train.freeze_epochs must be >= 0 and not both 0")
+    if cfg.model.weights and not cfg.model.pretrained:
+        raise UsageError("model.weights is set but model.pretrained is false; drop one of "
+                         "--weights and --no-pretrained")
     if t.bs < 1:
         raise UsageError(f"train.bs must be at least 1, got {t.bs}")
 

@@ -79,7 +79,8 @@ def _from_csv(root: Path, csv_name: str) -> pd.DataFrame:
 
 def scan(cfg: DataConfig) -> pd.DataFrame:
     """All labelled items of the dataset: columns path, label, split (None where not given)."""
-    root = Path(cfg.path).expanduser()
+    # Absolute paths: splits.csv must still name the images when read from another folder.
+    root = Path(cfg.path).expanduser().absolute()
     if not cfg.path or not root.exists():
         raise UsageError(f"data path {cfg.path!r} does not exist; pass --data PATH or set "
                          "[data] path in the recipe")

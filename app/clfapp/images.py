@@ -31,6 +31,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Grayscale, palette and transparent images become RGB (transparency over white)."""
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I"):  # 16/32-bit grey: scale to 8 bits, convert() would clip at 255
+        a = np.asarray(img, dtype=np.float64)
+        a = a / 257.0 if a.max() > 255 else a
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

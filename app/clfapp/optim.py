@@ -1,7 +1,23 @@
-"""Optimizer registry: the names a recipe's train.opt may use (fastai optimizers)."""
+"""Optimizer registry: the names a recipe's train.opt may use.
+
+adam and sgd are PyTorch's own (multi-tensor "foreach" kernels) wrapped for fastai's schedules:
+fastai's pure-Python Adam step costs ~20x more per batch on a CPU (366 vs 18 ms for
+tf_efficientnet_lite0 on 2 cores), a tenth of a whole training epoch. PyTorch's AdamW
+decouples weight decay as fastai's Adam does; unlike fastai it also decays norm and bias
+weights, which at clfapp's default wd (0.01) moves them by 1e-5 of their size per step.
+"""
 from __future__ import annotations
+
+from functools import partial
 
 
 def make(name: str):
-    from fastai.optimizer import SGD, Adam, Lamb, ranger
-    return {"adam": Adam, "sgd": SGD, "ranger": ranger, "lamb": Lamb}[name]
+    import torch
+    from fastai.optimizer import Lamb, OptimWrapper, ranger
+
+    return {
+        "adam": partial(OptimWrapper, opt=torch.optim.AdamW, foreach=True),
+        "sgd": partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, foreach=True),
+        "ranger": ranger,
+        "lamb": Lamb,
+    }[name]

@@ -10,28 +10,47 @@ from .errors import UsageError
 
 
 def stratified(labels: pd.Series, valid_pct: float, seed: int) -> np.ndarray:
-    """A boolean mask of validation items, `valid_pct` of every class (seeded).
+    """A boolean mask of validation items: `valid_pct` of every class, at least one (seeded).
 
-    Classes with a single item cannot be split; they stay in training, with a warning.
+    Each class with n >= 2 images gives round(valid_pct * n) of them, clipped to 1..n-1, so
+    small classes are never missing from validation. Single-image classes stay in training,
+    with a warning.
     """
-    from sklearn.model_selection import train_test_split
-
-    counts = labels.value_counts()
-    singles = counts[counts < 2].index
-    if len(singles):
+    rng = np.random.default_rng(seed)
+    values = labels.to_numpy()
+    mask = np.zeros(len(values), dtype=bool)
+    singles = []
+    for label in sorted(pd.unique(values), key=str):
+        idx = np.flatnonzero(values == label)
+        if len(idx) < 2:
+            singles.append(str(label))
+            continue
+        k = min(len(idx) - 1, max(1, int(round(valid_pct * len(idx)))))
+        mask[rng.permutation(idx)[:k]] = True
+    if singles:
         print(f"warning: {len(singles)} class(es) have one image and stay in training: "
-              f"{', '.join(map(str, singles[:5]))}", file=sys.stderr)
-    idx = np.flatnonzero(~labels.isin(singles).to_numpy())
-    mask = np.zeros(len(labels), dtype=bool)
-    if len(idx) == 0:
-        return mask
-    n_classes = labels.iloc[idx].nunique()
-    n_valid = max(n_classes, int(round(valid_pct * len(idx))))
-    if n_valid >= len(idx) - n_classes + 1:
-        raise UsageError(f"too few images ({len(idx)}) to hold out one per class for validation; "
-                         "add images or lower data.valid_pct")
-    _, valid = train_test_split(idx, test_size=n_valid, random_state=seed,
-                                stratify=labels.iloc[idx].to_numpy())
+              f"{', '.join(singles[:5])}", file=sys.stderr)
+    return mask
+
+
+def iterative(y: np.ndarray, valid_pct: float, seed: int, order: int = 2) -> np.ndarray:
+    """A boolean mask of validation items by iterative stratification (Sechidis et al. 2011).
+
+    `y` is the N x L 0/1 label matrix; label (and label-pair, order 2) frequencies come out
+    nearly equal in both parts. scikit-multilearn draws from numpy's global generator, so it
+    is seeded here and the caller's generator state is put back afterwards.
+    """
+    from skmultilearn.model_selection import IterativeStratification
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        splitter = IterativeStratification(n_splits=2, order=order,
+                                           sample_distribution_per_fold=[valid_pct, 1 - valid_pct])
+        _, valid = next(splitter.split(np.zeros((len(y), 1)), np.asarray(y, dtype=int)))
+    finally:
+        np.random.set_state(state)
+    mask = np.zeros(len(y), dtype=bool)
     mask[valid] = True
     return mask
 

@@ -146,21 +146,23 @@ def fit(cfg: Config, folder: Path) -> FitResult:
 
 
 def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, interrupted: bool) -> FitResult:
-    """Validation metrics of the kept epoch, plots, report and the bundle."""
+    """Save the bundle, then measure it on the validation split, as `clfapp evaluate` would."""
+    from .predict import Predictor
+
     learn, ds = prep.learn, prep.dataset
-    learn.model.float()
-    probs, y = learn.get_preds(dl=learn.dls.valid)
-    m = evaluate.metrics(probs.float().numpy(), y.numpy(), ds.classes)
+    meta = bundle.BundleMeta(
+        arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
+        mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
+        concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source)
+    bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
+    valid = ds.indices("valid")
+    probs = Predictor(folder).probabilities_of(ds.pixels[valid])
+    m = evaluate.metrics(probs, evaluate.targets(ds.items["label"].iloc[valid], ds.classes), ds.classes)
     seconds = time.perf_counter() - t0
     m.update(best_epoch=keep.best_epoch, seconds=round(seconds, 1), interrupted=interrupted)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
         report.curves_png(folder / "results.csv", folder / "plots" / "curves.png")
-    meta = bundle.BundleMeta(
-        arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
-        mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
-        concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source)
-    bundle.save(folder / "model", _contiguous(learn.model), meta)
     report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=[
         f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
         f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"

@@ -34,7 +34,7 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
         splits = folder / "splits.csv"
         if not splits.is_file():
             raise common.UsageError(f"{folder} has no splits.csv; pass --data PATH")
-        items = pd.read_csv(splits, dtype=str)
+        items = pd.read_csv(splits, dtype=str, keep_default_na=False)
         items = items[items["split"] == "valid"]
         source = f"validation split of {folder.name}"
     predictor = predict.Predictor(folder)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import typer
 
 from . import common
@@ -22,7 +24,11 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
     cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_)
     folder = runs.new_folder(runs.RUNS_DIR, cfg.recipe, name)
     common.echo(f"run folder: {folder}")
-    result = train.fit(cfg, folder)
+    try:
+        result = train.fit(cfg, folder)
+    except common.UsageError:
+        shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
+        raise
     if not result.metrics:
         common.echo(f"interrupted before the first epoch ended; nothing to save in {folder}")
         raise typer.Exit(common.EXIT_INTERRUPTED)
