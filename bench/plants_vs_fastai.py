@@ -38,12 +38,14 @@ def main() -> None:
     if args.only != "clfapp":
         s, out = timed([sys.executable, str(HERE / "plain_fastai_plants.py"), args.data, str(args.epochs)], env)
         rows["plain fastai"] = (json.loads(out.strip().splitlines()[-1])["accuracy"], s)
+        print(f"plain fastai: accuracy {rows['plain fastai'][0]:.4f}, {s:.1f} s", flush=True)
     if args.only != "fastai":
         name = f"bench-plants-{int(time.time())}"
         s, _ = timed([sys.executable, "-m", "clfapp", "fit", "plants", "--data", args.data,
                       "--epochs", str(args.epochs), "--name", name], env)
         metrics = json.loads((Path("runs") / name / "metrics.json").read_text())
         rows["clfapp"] = (round(metrics["accuracy"], 4), s)
+        print(f"clfapp: accuracy {rows['clfapp'][0]:.4f}, {s:.1f} s", flush=True)
     print(f"\n{'':14s} {'accuracy':>9s} {'seconds':>8s}")
     for k, (acc, s) in rows.items():
         print(f"{k:14s} {acc:9.4f} {s:8.1f}")
