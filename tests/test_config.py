@@ -165,7 +165,9 @@ ROUND_TRIPS = [
         "model.dropout=0.25", "model.concat_pool=false", "loss.name=focal", "loss.gamma=1.5",
         "train.epochs=0", "train.freeze_epochs=2", "train.lr=1e-05", "train.bs=3",
         "train.opt=ranger", "train.monitor=valid_loss", "train.early_stop=4",
-        "train.precision=bf16", "train.seed=123456789"]), recipe_name="wood"),
+        "train.precision=bf16", "train.seed=123456789", "thresholds.metric=f1_samples",
+        "thresholds.mode=per-label", "data.label_delim=;", "aug.mixup=0.4",
+        "loss.pos_weight=auto"]), recipe_name="wood"),
     config.load(None, config.parse_set(["train.lr=auto"]), recipe_name="auto-lr"),
 ]
 

@@ -99,8 +99,11 @@ def test_csv_labels(tmp_path):
 
 def test_csv_without_the_columns(tmp_path):
     (tmp_path / "l.csv").write_text("file,class\na.png,x\n")
-    with pytest.raises(UsageError, match="fname,label"):
+    with pytest.raises(UsageError, match="needs a fname column"):
         data.scan(DataConfig(path=str(tmp_path), labels="csv:l.csv"))
+    (tmp_path / "m.csv").write_text("fname,kind\na.png,x\n")  # neither label(s) nor 0/1 columns
+    with pytest.raises(UsageError, match="a label column, a labels column, or 0/1 columns"):
+        data.scan(DataConfig(path=str(tmp_path), labels="csv:m.csv"))
     with pytest.raises(UsageError, match="not found"):
         data.scan(DataConfig(path=str(tmp_path), labels="csv:missing.csv"))
 

@@ -31,6 +31,7 @@ class BundleMeta:
     concat_pool: bool = True
     multi_label: bool = False
     thresholds: list[float] | None = None
+    label_delim: str = " "
     interpolation: str = "bicubic"
     pretrained_from: str = ""
     versions: dict = field(default_factory=dict)

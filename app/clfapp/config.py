@@ -21,10 +21,15 @@ class DataConfig:
     path: str = ""
     """Dataset folder (or CSV file). Relative paths are read from the current directory."""
     labels: str = "folder"
-    """Where labels come from: "folder" (ImageNet layout), "csv:FILE" (fname,label), or
-    "name:REGEX" (first group of REGEX matched against the file name)."""
+    """Where labels come from: "folder" (ImageNet layout), "csv:FILE", or "name:REGEX" (first
+    group of REGEX matched against the file name). The CSV has fname plus `label` (one class),
+    `labels` (multi-label: a set separated by `label_delim`, empty allowed), or one 0/1 column
+    per label (multi-label)."""
+    label_delim: str = " "
+    """Separator of the label sets in a multi-label CSV."""
     split: str = "auto"
-    """auto (folders if present, else stratified) | folder | stratified | random."""
+    """auto (folders if present, else stratified; iterative for multi-label) | folder |
+    stratified | iterative | random."""
     valid_pct: float = 0.2
     size: int = 224
     """Square input size in pixels."""
@@ -49,6 +54,10 @@ class AugConfig:
     p_lighting: float = 0.75
     min_scale: float = 1.0
     """Random-resized-crop lower bound on the area kept (1.0 = off)."""
+    mixup: float = 0.0
+    """MixUp's Beta(alpha, alpha) parameter (0 = off). Multi-label targets are mixed too."""
+    cutmix: float = 0.0
+    """CutMix's Beta(alpha, alpha) parameter (0 = off); labels mixed by patch area."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "cross_entropy"
-    """cross_entropy | label_smoothing | focal."""
+    name: str = "auto"
+    """auto (cross_entropy, or bce for multi-label) | cross_entropy | label_smoothing | focal |
+    bce | focal_bce."""
     smoothing: float = 0.1
     gamma: float = 2.0
+    pos_weight: str = ""
+    """Multi-label positive weights: "" (none), "auto" (negatives/positives per label, from the
+    training split, at most 50), or one number per label separated by commas."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +97,24 @@ class TrainConfig:
     opt: str = "adam"
     """adam | sgd | ranger | lamb."""
     seed: int = 42
-    monitor: str = "accuracy"
-    """Metric that picks the best epoch, which the run ends with: accuracy | f1_macro | valid_loss."""
+    monitor: str = "auto"
+    """Metric that picks the best epoch, which the run ends with: auto (accuracy, or f1_micro
+    for multi-label) | accuracy | f1_macro | f1_micro | valid_loss."""
     early_stop: int = 0
     """Stop after this many epochs without improvement of `monitor` (0 = off)."""
     precision: str = "auto"
     """auto (bf16 on CPUs with native bf16, else fp32) | bf16 | fp32."""
     workers: int = 0
     """DataLoader worker processes. Images are decoded once and held in memory, so 0 is fastest."""
+
+
+@dataclass(frozen=True)
+class ThresholdsConfig:
+    """Multi-label decision thresholds, searched on the validation split at the end of fit."""
+    metric: str = "f1_micro"
+    """f1_micro | f1_macro | f1_samples."""
+    mode: str = "global"
+    """global (one threshold) | per-label."""
 
 
 @dataclass(frozen=True)
@@ -102,22 +125,25 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
 
 
 SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "recipe"}
 CHOICES = {
-    ("data", "split"): ("auto", "folder", "stratified", "random"),
+    ("data", "split"): ("auto", "folder", "stratified", "iterative", "random"),
     ("data", "resize"): ("squish", "crop", "pad"),
-    ("loss", "name"): ("cross_entropy", "label_smoothing", "focal"),
+    ("loss", "name"): ("auto", "cross_entropy", "label_smoothing", "focal", "bce", "focal_bce"),
     ("train", "opt"): ("adam", "sgd", "ranger", "lamb"),
-    ("train", "monitor"): ("accuracy", "f1_macro", "valid_loss"),
+    ("train", "monitor"): ("auto", "accuracy", "f1_macro", "f1_micro", "valid_loss"),
+    ("thresholds", "metric"): ("f1_micro", "f1_macro", "f1_samples"),
+    ("thresholds", "mode"): ("global", "per-label"),
     ("train", "precision"): ("auto", "bf16", "fp32"),
 }
 
 
 def _section_class(name: str):
-    return {"data": DataConfig, "aug": AugConfig, "model": ModelConfig,
-            "loss": LossConfig, "train": TrainConfig}[name]
+    return {"data": DataConfig, "aug": AugConfig, "model": ModelConfig, "loss": LossConfig,
+            "train": TrainConfig, "thresholds": ThresholdsConfig}[name]
 
 
 def _suggest(word: str, options) -> str:
@@ -182,6 +208,10 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.model.weights and not cfg.model.pretrained:
         raise UsageError("model.weights is set but model.pretrained is false; drop one of "
                          "--weights and --no-pretrained")
+    if cfg.aug.mixup > 0 and cfg.aug.cutmix > 0:
+        raise UsageError("aug.mixup and aug.cutmix are both set; choose one of them")
+    if cfg.aug.mixup < 0 or cfg.aug.cutmix < 0:
+        raise UsageError("aug.mixup and aug.cutmix take a Beta alpha > 0, or 0 for off")
     if t.bs < 1:
         raise UsageError(f"train.bs must be at least 1, got {t.bs}")
 

@@ -61,24 +61,66 @@ def _name_label(pattern: str):
     return label_of
 
 
-def _from_csv(root: Path, csv_name: str) -> pd.DataFrame:
+def _from_csv(root: Path, csv_name: str, delim: str = " ") -> pd.DataFrame:
+    """Items of a label CSV. Single-label frames have a `label` column; multi-label frames a
+    `labels` column instead (the set joined by `delim`, "" for none)."""
     csv = Path(csv_name) if Path(csv_name).is_absolute() else root / csv_name
     if not csv.is_file():
         raise UsageError(f"label file {csv} not found (data.labels = 'csv:{csv_name}')")
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    if not {"fname", "label"} <= set(df.columns):
-        raise UsageError(f"{csv} needs the columns fname,label (it has: {', '.join(df.columns)})")
+    if "fname" not in df.columns:
+        raise UsageError(f"{csv} needs a fname column (it has: {', '.join(df.columns)})")
     base = root / "images" if (root / "images").is_dir() else root
 
     def locate(name: str) -> str:
         p = Path(name)
         return str(p if p.is_absolute() else (base / p if (base / p).exists() else root / p))
-    split = df["split"].map(lambda s: SPLIT_FOLDERS.get(s.lower())) if "split" in df else None
-    return pd.DataFrame({"path": df["fname"].map(locate), "label": df["label"], "split": split})
+    out = pd.DataFrame({"path": df["fname"].map(locate)})
+    if "label" in df.columns:
+        out["label"] = df["label"]
+    elif "labels" in df.columns:
+        out["labels"] = df["labels"].map(lambda s: delim.join(split_labels(s, delim)))
+    else:
+        onehot = [c for c in df.columns if c not in ("fname", "split")]
+        if not onehot or not df[onehot].isin(["0", "1"]).all().all():
+            raise UsageError(f"{csv} needs a label column, a labels column, or 0/1 columns "
+                             f"(one per label); it has: {', '.join(df.columns)}")
+        out["labels"] = [delim.join(c for c in onehot if row[c] == "1") for _, row in df.iterrows()]
+    out["split"] = df["split"].map(lambda s: SPLIT_FOLDERS.get(s.lower())) if "split" in df else None
+    return out
+
+
+def split_labels(text, delim: str = " ") -> list[str]:
+    """A label set from its joined text ("" or NaN: the empty set)."""
+    if not isinstance(text, str):
+        return []
+    return [t.strip() for t in (text.split(delim) if delim.strip() else text.split()) if t.strip()]
+
+
+def is_multi_label(items: pd.DataFrame) -> bool:
+    return "labels" in items.columns
+
+
+def label_matrix(label_texts, classes: list[str], delim: str = " ") -> np.ndarray:
+    """N x L boolean matrix of label sets; a label the model does not know is a usage error."""
+    index = {c: j for j, c in enumerate(classes)}
+    y = np.zeros((len(label_texts), len(classes)), dtype=bool)
+    unknown = set()
+    for i, text in enumerate(label_texts):
+        for label in split_labels(text, delim):
+            if label in index:
+                y[i, index[label]] = True
+            else:
+                unknown.add(label)
+    if unknown:
+        raise UsageError(f"labels unknown to the model: {', '.join(sorted(unknown)[:8])} "
+                         f"(it knows: {', '.join(classes[:14])})")
+    return y
 
 
 def scan(cfg: DataConfig) -> pd.DataFrame:
-    """All labelled items of the dataset: columns path, label, split (None where not given)."""
+    """All labelled items of the dataset: path, label (or labels for multi-label), split
+    (None where the dataset does not give one)."""
     # Absolute paths: splits.csv must still name the images when read from another folder.
     root = Path(cfg.path).expanduser().absolute()
     if not cfg.path or not root.exists():
@@ -87,13 +129,15 @@ def scan(cfg: DataConfig) -> pd.DataFrame:
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise UsageError(f"data path {root} is a file; give a folder of images or a CSV")
-        items = _from_csv(root.parent, root.name)
+        items = _from_csv(root.parent, root.name, cfg.label_delim)
     elif cfg.labels == "folder":
         items = _from_folders(root, _folder_label)
     elif cfg.labels.startswith("name:"):
         items = _from_folders(root, _name_label(cfg.labels[5:]))
     else:
-        items = _from_csv(root, cfg.labels[4:])
+        items = _from_csv(root, cfg.labels[4:], cfg.label_delim)
+    if is_multi_label(items):
+        return _check_multi_label(items, root, cfg.label_delim)
     unlabelled = items["label"].isna() | (items["label"] == "")
     if unlabelled.all() and len(items):
         how = ("no image sits in a class folder (expected ROOT/CLASS/img.jpg)"
@@ -107,12 +151,40 @@ def scan(cfg: DataConfig) -> pd.DataFrame:
     return items
 
 
+def _check_multi_label(items: pd.DataFrame, root: Path, delim: str) -> pd.DataFrame:
+    if len(items) == 0:
+        raise UsageError(f"the label file of {root} lists no images")
+    if not any(split_labels(t, delim) for t in items["labels"]):
+        raise UsageError(f"no image in {root} carries a label")
+    return items
+
+
+def classes_of(items: pd.DataFrame, delim: str = " ") -> list[str]:
+    if is_multi_label(items):
+        found = {l for t in items["labels"] for l in split_labels(t, delim)}
+    else:
+        found = set(items["label"].unique())
+    return sorted(found, key=_natural_key)
+
+
 @dataclass
 class Dataset:
     """The items of a run with their images decoded once, held in memory."""
     items: pd.DataFrame          # path, label, split (train/valid/test), for splits.csv
     pixels: np.ndarray           # N x S x S x 3 uint8, rows aligned with items
     classes: list[str]
+    delim: str = " "
+
+    @property
+    def multi_label(self) -> bool:
+        return is_multi_label(self.items)
+
+    def targets(self, idx: np.ndarray) -> np.ndarray:
+        """Class indices (single-label) or the boolean label matrix (multi-label) of `idx`."""
+        if self.multi_label:
+            return label_matrix(self.items["labels"].iloc[idx], self.classes, self.delim)
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[l] for l in self.items["label"].iloc[idx]])
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.items["split"].to_numpy() == split)
@@ -120,7 +192,10 @@ class Dataset:
 
 def load(cfg: Config) -> Dataset:
     """Scan, split, decode: every item's split is decided here and recorded in `items`."""
-    items = splits.assign(scan(cfg.data), cfg.data.split, cfg.data.valid_pct, cfg.train.seed)
+    items = scan(cfg.data)
+    y = (label_matrix(items["labels"], classes_of(items, cfg.data.label_delim), cfg.data.label_delim)
+         if is_multi_label(items) else None)
+    items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.train.seed, y)
     used = items[items["split"] != "test"].reset_index(drop=True)
     pixels, kept = images.read_many(used["path"].tolist(), cfg.data.size, cfg.data.resize)
     if len(kept) < len(used):
@@ -129,9 +204,9 @@ def load(cfg: Config) -> Dataset:
     if not (used["split"] == "valid").any() or not (used["split"] == "train").any():
         raise UsageError("the split left no training or no validation images; add images or "
                          "change data.valid_pct")
-    classes = sorted(used["label"].unique(), key=_natural_key)
     tests = items[items["split"] == "test"]
-    return Dataset(pd.concat([used, tests], ignore_index=True), pixels, classes)
+    return Dataset(pd.concat([used, tests], ignore_index=True), pixels,
+                   classes_of(used, cfg.data.label_delim), cfg.data.label_delim)
 
 
 def _natural_key(label: str):
@@ -141,13 +216,18 @@ def _natural_key(label: str):
 def dataloaders(ds: Dataset, cfg: Config, stats: tuple):
     """fastai DataLoaders over the decoded images; augmentation runs on whole batches."""
     import torch
-    from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
+    from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock, TransformBlock
     from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
     from fastai.torch_core import TensorImage
     from fastai.vision.augment import aug_transforms
 
     pixels = torch.from_numpy(ds.pixels).permute(0, 3, 1, 2)  # N,3,S,S view, no copy
-    labels = ds.items["label"].to_numpy()
+    if ds.multi_label:
+        sets = [split_labels(t, ds.delim) for t in ds.items["labels"]]
+        target_block, get_y = MultiCategoryBlock(vocab=ds.classes), lambda i: sets[i]
+    else:
+        labels = ds.items["label"].to_numpy()
+        target_block, get_y = CategoryBlock(vocab=ds.classes), lambda i: labels[i]
     train_idx, valid_idx = ds.indices("train"), ds.indices("valid")
     a = cfg.aug
     batch_tfms = []
@@ -161,8 +241,8 @@ def dataloaders(ds: Dataset, cfg: Config, stats: tuple):
     order = np.concatenate([train_idx, valid_idx])
     block = DataBlock(
         blocks=(TransformBlock(type_tfms=lambda i: TensorImage(pixels[i]),
-                               batch_tfms=IntToFloatTensor), CategoryBlock(vocab=ds.classes)),
-        get_y=lambda i: labels[i],
+                               batch_tfms=IntToFloatTensor), target_block),
+        get_y=get_y,
         # The splitter indexes into `order`, whose tail is the validation items.
         splitter=IndexSplitter(np.arange(len(train_idx), len(order))),
         batch_tfms=batch_tfms)

@@ -16,7 +16,9 @@ def make(name: str):
     from fastai.optimizer import Lamb, OptimWrapper, ranger
 
     return {
-        "adam": partial(OptimWrapper, opt=torch.optim.AdamW, foreach=True),
+        # fastai's Adam defaults (sqr_mom 0.99, eps 1e-5), not PyTorch's (0.999, 1e-8).
+        "adam": partial(OptimWrapper, opt=torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5,
+                        foreach=True),
         "sgd": partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, foreach=True),
         "ranger": ranger,
         "lamb": Lamb,

@@ -119,6 +119,27 @@ class Predictor:
         return np.concatenate(out), np.concatenate(kept)
 
 
+def decision_thresholds(meta, override: float | None = None) -> np.ndarray:
+    """The multi-label thresholds in force: --threshold, else the bundle's, else 0.5."""
+    if override is not None:
+        return np.full(len(meta.classes), float(override))
+    return np.asarray(meta.thresholds if meta.thresholds else [0.5] * len(meta.classes))
+
+
+def multilabel_table(paths: list[str], probs: np.ndarray, meta, threshold: float | None = None):
+    """predictions for multi-label models: path, the predicted label set (may be empty), then
+    one probability column per label."""
+    import pandas as pd
+
+    pred = probs >= decision_thresholds(meta, threshold)
+    df = pd.DataFrame({"path": paths,
+                       "labels": [meta.label_delim.join(c for c, on in zip(meta.classes, row) if on)
+                                  for row in pred]})
+    for j, c in enumerate(meta.classes):
+        df[c] = probs[:, j].round(6)
+    return df
+
+
 def table(paths: list[str], probs: np.ndarray, classes: list[str], top_k: int = 3):
     """predictions.csv rows: path, label, probability, then the top-k labels and probabilities."""
     import pandas as pd

@@ -88,6 +88,65 @@ def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: 
     (folder / "report.md").write_text("\n".join(lines))
 
 
+def threshold_curve_png(curve: list, chosen: list[float], metric: str, path: Path) -> None:
+    """The metric against one global threshold, with 0.5 and the chosen threshold(s) marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([c[0] for c in curve], [c[1] for c in curve])
+    ax.axvline(0.5, color="grey", linestyle=":", label="0.5")
+    if len(set(chosen)) == 1:
+        ax.axvline(chosen[0], color="C1", linestyle="--", label=f"chosen {chosen[0]:.2f}")
+    ax.set_xlabel("threshold"), ax.set_ylabel(metric), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+MULTI_KEYS = ("n", "f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "accuracy_multi",
+              "map", "roc_auc_macro")
+
+
+def frequency_table(freqs) -> list[str]:
+    """Markdown rows of each label's frequency per split (a DataFrame: label x split, in %)."""
+    cols = list(freqs.columns)
+    rows = [f"| label | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
+    rows += [f"| {label} | " + " | ".join(f"{v:.1f}%" for v in r) + " |" for label, r in freqs.iterrows()]
+    return rows
+
+
+def write_multilabel_metrics(folder: Path, m: dict, title: str, extra: list[str] = (),
+                             before: dict | None = None, search=None, freqs=None) -> None:
+    """metrics.json and report.md for a multi-label model: metrics (before/after a threshold
+    search when given), per-label table, label frequencies per split, threshold curve."""
+    folder = Path(folder)
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    record = dict(m, at_0_5=before) if before else m
+    if search is not None:
+        record = dict(record, threshold_curve=search.curve)
+        threshold_curve_png(search.curve, search.thresholds, search.metric,
+                            folder / "plots" / "thresholds.png")
+    (folder / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    head = ["| metric | at 0.5 | at tuned thresholds |", "|---|---|---|"] if before else \
+        ["| metric | value |", "|---|---|"]
+    rows = [f"| {k} | {fmt(before[k])} | {fmt(m[k])} |" if before else f"| {k} | {fmt(m[k])} |"
+            for k in MULTI_KEYS]
+    lines = [f"# {title}", "", *extra, *head, *rows, "",
+             "## Per label", "", "| label | threshold | precision | recall | f1 | AP | support |",
+             "|---|---|---|---|---|---|---|",
+             *(f"| {c} | {v['threshold']:.2f} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} "
+               f"| {fmt(v['ap'])} | {v['support']} |" for c, v in m["per_label"].items()), ""]
+    if freqs is not None:
+        lines += ["## Label frequency per split", "", *frequency_table(freqs), ""]
+    if search is not None:
+        lines += ["![metric against threshold](plots/thresholds.png)", ""]
+    if (folder / "plots" / "curves.png").exists():
+        lines.append("![training curves](plots/curves.png)\n")
+    (folder / "report.md").write_text("\n".join(lines))
+
+
 def summary_line(m: dict) -> str:
+    if "f1_micro" in m:
+        return (f"f1_micro {fmt(m['f1_micro'])}  f1_macro {fmt(m['f1_macro'])}  "
+                f"mAP {fmt(m['map'])}  subset_accuracy {fmt(m['subset_accuracy'])}  (n={m['n']})")
     return (f"accuracy {fmt(m['accuracy'])}  f1_macro {fmt(m['f1_macro'])}  "
             f"roc_auc {fmt(m['roc_auc_ovr'])}  (n={m['n']})")

@@ -22,7 +22,37 @@ def digits(target: Path) -> int:
     return len(pixels)
 
 
-SAMPLES = {"digits": digits}
+def digits_multi(target: Path, n: int = 2000, blank: float = 0.35, seed: int = 0) -> int:
+    """Multi-label mosaics of scikit-learn's digits: 2x2 tiles (16x16 px), each tile blank with
+    probability `blank`; an image's labels are the digits it shows (none when all are blank).
+    Written as images/*.png plus labels.csv (fname,labels, space-separated)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    tiles = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    (target / "images").mkdir(parents=True)
+    rows = ["fname,labels"]
+    for i in range(n):
+        mosaic = np.zeros((16, 16), np.uint8)
+        shown = set()
+        for k in range(4):
+            if rng.random() < blank:
+                continue
+            j = rng.integers(len(tiles))
+            r, c = divmod(k, 2)
+            mosaic[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = tiles[j]
+            shown.add(int(d.target[j]))
+        name = f"{i:04d}.png"
+        Image.fromarray(mosaic, mode="L").save(target / "images" / name)
+        rows.append(f"{name},{' '.join(map(str, sorted(shown)))}")
+    (target / "labels.csv").write_text("\n".join(rows) + "\n")
+    return n
+
+
+SAMPLES = {"digits": digits, "digits-multi": digits_multi}
 
 
 def make(name: str, target: Path, quiet: bool = False) -> Path:

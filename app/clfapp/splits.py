@@ -62,10 +62,12 @@ def random(n: int, valid_pct: float, seed: int) -> np.ndarray:
     return mask
 
 
-def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int) -> pd.DataFrame:
+def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
+           y: np.ndarray | None = None) -> pd.DataFrame:
     """Fill `items.split` with train/valid (test items, from a test/ folder, stay test).
 
-    method auto: the dataset's own valid folder when it has one, else stratified.
+    method auto: the dataset's own valid folder when it has one, else stratified, or iterative
+    when `y` (the multi-label matrix, rows aligned with `items`) is given.
     """
     items = items.copy()
     has_folders = items["split"].notna().any()
@@ -80,7 +82,17 @@ def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int) -> pd.
     sub = items[pool]
     if method == "random":
         mask = random(len(sub), valid_pct, seed)
+    elif y is not None:
+        mask = iterative(y[pool.to_numpy()], valid_pct, seed)
+    elif method == "iterative":
+        raise UsageError("data.split = 'iterative' is for multi-label data; use 'stratified'")
     else:
         mask = stratified(sub["label"].reset_index(drop=True), valid_pct, seed)
     items.loc[pool, "split"] = np.where(mask, "valid", "train")
     return items
+
+
+def label_frequencies(y: np.ndarray, split: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Each label's frequency (% of images) in each split: label x split."""
+    parts = [p for p in ("train", "valid", "test") if (split == p).any()]
+    return pd.DataFrame({p: y[split == p].mean(axis=0) * 100 for p in parts}, index=classes)

@@ -35,6 +35,7 @@ class Search:
     score: float                 # the metric at those thresholds
     score_at_half: float         # the metric at 0.5, for comparison
     curve: list[tuple[float, float]]  # (global threshold, metric) over the grid
+    metric: str = "f1_micro"
 
 
 def search(probs: np.ndarray, y: np.ndarray, metric: str = "f1_micro",
@@ -56,4 +57,25 @@ def search(probs: np.ndarray, y: np.ndarray, metric: str = "f1_micro",
                     score = f1(y, probs >= trial, metric)
                     if score > best + 1e-12:
                         best, thresholds = score, trial
-    return Search([float(t) for t in thresholds], float(best), f1(y, probs >= 0.5, metric), curve)
+    return Search([float(t) for t in thresholds], float(best), f1(y, probs >= 0.5, metric), curve,
+                  metric)
+
+
+@dataclass
+class Tuned:
+    search: Search
+    before: dict   # multi-label metrics at 0.5
+    after: dict    # at the chosen thresholds
+
+
+def tune(run, probs: np.ndarray, y: np.ndarray, metric: str, mode: str) -> Tuned:
+    """Search thresholds on (probs, y) and store them in the run's bundle (model.json)."""
+    from . import bundle
+    from .evaluate import multilabel_metrics
+
+    meta = bundle.read_meta(run)
+    found = search(probs, y, metric, mode)
+    meta.thresholds = found.thresholds
+    bundle.write_meta(run, meta)
+    return Tuned(found, multilabel_metrics(probs, y, meta.classes, 0.5),
+                 multilabel_metrics(probs, y, meta.classes, found.thresholds))

@@ -10,10 +10,22 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from . import bundle, config, data, evaluate, losses, models, optim, report, samples, weights
 from .config import Config
 
-MONITOR_METRIC = {"accuracy": "accuracy", "f1_macro": "f1_macro", "valid_loss": "valid_loss"}
+
+def monitor_name(monitor: str, multi_label: bool) -> str:
+    """The fastai metric name `train.monitor` refers to, for this kind of data."""
+    if monitor == "auto":
+        return "f1_micro" if multi_label else "accuracy"
+    if monitor == "accuracy" and multi_label:
+        return "accuracy_multi"
+    if monitor == "f1_micro" and not multi_label:
+        from .errors import UsageError
+        raise UsageError("train.monitor = 'f1_micro' is for multi-label data; use accuracy or f1_macro")
+    return monitor
 
 
 @dataclass
@@ -40,11 +52,22 @@ def prepare_data_path(cfg: Config) -> None:
         samples.ensure(cfg.data.sample, Path(cfg.data.path))
 
 
-def _metrics():
-    from fastai.metrics import F1Score, accuracy
-    f1 = F1Score(average="macro")
-    f1._name = "f1_macro"
-    return [accuracy, f1]
+def _metrics(multi_label: bool):
+    """Validation metrics shown each epoch (multi-label ones at threshold 0.5)."""
+    from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
+    if not multi_label:
+        f1 = F1Score(average="macro")
+        f1._name = "f1_macro"
+        return [accuracy, f1]
+    micro, macro = F1ScoreMulti(average="micro"), F1ScoreMulti(average="macro")
+    micro._name, macro._name = "f1_micro", "f1_macro"
+    return [accuracy_multi, micro, macro]
+
+
+def _mixing_callbacks(aug) -> list:
+    """MixUp / CutMix (fastai's): for BCE they mix the label vectors, for CE the losses."""
+    from fastai.callback.mixup import CutMix, MixUp
+    return ([MixUp(aug.mixup)] if aug.mixup > 0 else []) + ([CutMix(aug.cutmix)] if aug.cutmix > 0 else [])
 
 
 def prepare(cfg: Config, folder: Path) -> Prepared:
@@ -63,17 +86,29 @@ def prepare(cfg: Config, folder: Path) -> Prepared:
     ds = data.load(cfg)
     ds.items.to_csv(folder / "splits.csv", index=False)
     counts = ds.items["split"].value_counts()
-    print(f"{len(ds.classes)} classes; {counts.get('train', 0)} train, {counts.get('valid', 0)} valid"
+    print(f"{len(ds.classes)} {'labels' if ds.multi_label else 'classes'}; "
+          f"{counts.get('train', 0)} train, {counts.get('valid', 0)} valid"
           + (f", {counts['test']} test (held out)" if "test" in counts else ""))
+    y_train = ds.targets(ds.indices("train")) if ds.multi_label else None
+    if ds.multi_label:
+        print("label frequency (%) per split:\n" + label_frequencies(ds).round(1).to_string())
     dls = data.dataloaders(ds, cfg, (arch.mean, arch.std))
     model, splitter = models.build(arch, len(ds.classes), cfg.model.dropout, cfg.model.concat_pool,
                                    found.state if found else None, found.source if found else "")
-    learn = Learner(dls, model, loss_func=losses.make(cfg.loss), opt_func=optim.make(cfg.train.opt),
-                    splitter=splitter, metrics=_metrics(), wd=cfg.train.wd, path=folder,
-                    cbs=_precision_callbacks(cfg.train.precision))
+    learn = Learner(dls, model, loss_func=losses.make(cfg.loss, ds.multi_label, y_train),
+                    opt_func=optim.make(cfg.train.opt), splitter=splitter,
+                    metrics=_metrics(ds.multi_label), wd=cfg.train.wd, path=folder,
+                    cbs=_precision_callbacks(cfg.train.precision) + _mixing_callbacks(cfg.aug))
     if found:
         learn.freeze()
     return Prepared(learn, ds, arch, found.source if found else "")
+
+
+def label_frequencies(ds: data.Dataset):
+    """Each label's frequency (%) in every split of a multi-label dataset."""
+    from .splits import label_frequencies as freqs
+    idx = np.flatnonzero(ds.items["split"].isin(["train", "valid", "test"]).to_numpy())
+    return freqs(ds.targets(idx), ds.items["split"].to_numpy()[idx], ds.classes)
 
 
 def _precision_callbacks(precision: str) -> list:
@@ -120,11 +155,11 @@ def fit(cfg: Config, folder: Path) -> FitResult:
         print(f"LR finder: valley at {lr:.2e}; training with it")
         cfg = replace(cfg, train=replace(t, lr=lr))
         (folder / "config.toml").write_text(config.dumps(cfg))
-    keep = KeepBest(MONITOR_METRIC[t.monitor])
+    monitor = monitor_name(t.monitor, prep.dataset.multi_label)
+    keep = KeepBest(monitor)
     cbs = [ResultsCSV(folder / "results.csv"), keep]
     if t.early_stop:
-        cbs.append(EarlyStoppingCallback(monitor=MONITOR_METRIC[t.monitor], patience=t.early_stop,
-                                         reset_on_fit=False))
+        cbs.append(EarlyStoppingCallback(monitor=monitor, patience=t.early_stop, reset_on_fit=False))
     interrupted = False
     try:
         if prep.weights_source and t.freeze_epochs:
@@ -146,27 +181,41 @@ def fit(cfg: Config, folder: Path) -> FitResult:
 
 
 def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, interrupted: bool) -> FitResult:
-    """Save the bundle, then measure it on the validation split, as `clfapp evaluate` would."""
+    """Save the bundle, then measure it on the validation split, as `clfapp evaluate` would;
+    multi-label runs also get their thresholds searched and stored in the bundle."""
+    from . import thresholds
     from .predict import Predictor
 
     learn, ds = prep.learn, prep.dataset
     meta = bundle.BundleMeta(
         arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
         mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
-        concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source)
+        concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
+        multi_label=ds.multi_label, label_delim=ds.delim)
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid = ds.indices("valid")
     probs = Predictor(folder).probabilities_of(ds.pixels[valid])
-    m = evaluate.metrics(probs, evaluate.targets(ds.items["label"].iloc[valid], ds.classes), ds.classes)
-    seconds = time.perf_counter() - t0
-    m.update(best_epoch=keep.best_epoch, seconds=round(seconds, 1), interrupted=interrupted)
+    y = ds.targets(valid)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
         report.curves_png(folder / "results.csv", folder / "plots" / "curves.png")
-    report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=[
-        f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
-        f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
-        + (" (interrupted)" if interrupted else "") + ".", "", "Validation split:", ""])
+    seconds = time.perf_counter() - t0
+    summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
+               f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
+               + (" (interrupted)" if interrupted else "") + ".")
+    run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1), interrupted=interrupted)
+    if ds.multi_label:
+        tuned = thresholds.tune(folder, probs, y, cfg.thresholds.metric, cfg.thresholds.mode)
+        m = dict(tuned.after, **run_info)
+        print(f"thresholds ({cfg.thresholds.mode}, {cfg.thresholds.metric}): "
+              f"{tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f}")
+        report.write_multilabel_metrics(folder, m, f"Run {folder.name}", before=tuned.before,
+                                        search=tuned.search, freqs=label_frequencies(ds),
+                                        extra=[summary, "", "Validation split:", ""])
+    else:
+        m = dict(evaluate.metrics(probs, y, ds.classes), **run_info)
+        report.write_metrics(folder, m, ds.classes, f"Run {folder.name}",
+                             extra=[summary, "", "Validation split:", ""])
     return FitResult(folder, m, keep.best_epoch, seconds, interrupted, lr)
 
 

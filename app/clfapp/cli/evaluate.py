@@ -13,36 +13,26 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
              data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to evaluate on (default: the run's validation split).")] = None,
              labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = "folder",
              tta: Annotated[bool, typer.Option("--tta", help="Average with mirrored images.")] = False,
-             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
-    """Measure a trained model: accuracy, macro/weighted F1, ROC AUC, per-class table, confusion matrix.
+             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64,
+             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None):
+    """Measure a trained model: accuracy, macro/weighted F1, ROC AUC, per-class table, confusion
+    matrix; for multi-label models micro/macro/samples F1, subset accuracy, mAP and a per-label
+    table at the model's thresholds.
 
     Writes metrics.json, report.md and plots/confusion_matrix.png into RUN/eval-N.
     """
-    import pandas as pd
-
-    from .. import data as datamod
     from .. import evaluate as ev
     from .. import predict, report, runs
-    from ..config import DataConfig
 
     folder = runs.existing(run)
-    if data:
-        items = datamod.scan(DataConfig(path=data, labels=labels))
-        items = items[items["split"].isna() | (items["split"] != "train")]
-        source = data
-    else:
-        splits = folder / "splits.csv"
-        if not splits.is_file():
-            raise common.UsageError(f"{folder} has no splits.csv; pass --data PATH")
-        items = pd.read_csv(splits, dtype=str, keep_default_na=False)
-        items = items[items["split"] == "valid"]
-        source = f"validation split of {folder.name}"
     predictor = predict.Predictor(folder)
-    y = ev.targets(items["label"], predictor.classes)
-    probs, kept = predictor.probabilities(items["path"].tolist(), tta=tta, bs=bs)
-    m = ev.metrics(probs, y[kept], predictor.classes)
+    items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
+    m, _, _ = ev.measure(predictor, items, tta, bs, threshold)
     out = runs.new_folder(folder, "eval")
-    report.write_metrics(out, m, predictor.classes, f"Evaluation of {folder.name}",
-                         extra=[f"Data: {source}" + (" (TTA)" if tta else "") + ".", ""])
+    extra = [f"Data: {source}" + (" (TTA)" if tta else "") + ".", ""]
+    if predictor.meta.multi_label:
+        report.write_multilabel_metrics(out, m, f"Evaluation of {folder.name}", extra=extra)
+    else:
+        report.write_metrics(out, m, predictor.classes, f"Evaluation of {folder.name}", extra=extra)
     common.echo(f"{source}: {report.summary_line(m)}")
     common.echo(f"report: {out / 'report.md'}")

@@ -16,8 +16,10 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             fmt: Annotated[str, typer.Option("--format", help="csv | json.")] = "csv",
             top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
             tta: Annotated[bool, typer.Option("--tta", help="Average with mirrored images.")] = False,
+            threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
-    """Classify images with a trained model: label, probability and top-k per image.
+    """Classify images with a trained model: label, probability and top-k per image
+    (multi-label models: the predicted label set and one probability column per label).
 
     Loads only the safe bundle (safetensors + model.json); unreadable images are skipped with a
     warning naming them.
@@ -31,7 +33,11 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     files = pr.collect_paths(paths)
     predictor = pr.Predictor(folder)
     probs, kept = predictor.probabilities(files, tta=tta, bs=bs)
-    df = pr.table([files[i] for i in kept], probs, predictor.classes, top_k)
+    kept_files = [files[i] for i in kept]
+    if predictor.meta.multi_label:
+        df = pr.multilabel_table(kept_files, probs, predictor.meta, threshold)
+    else:
+        df = pr.table(kept_files, probs, predictor.classes, top_k)
     if out is None:
         out = runs.new_folder(folder, "predict") / f"predictions.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+
+@common.command
+def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-label model.")],
+               metric: Annotated[str, typer.Option("--metric", help="f1_micro | f1_macro | f1_samples.")] = "f1_micro",
+               mode: Annotated[str, typer.Option("--mode", help="global (one threshold) | per-label.")] = "global",
+               data: Annotated[Optional[str], typer.Option("--data", help="Labelled data to tune on (default: the run's validation split).")] = None,
+               labels: Annotated[str, typer.Option("--labels", help="With --data: csv:FILE.")] = "csv:labels.csv",
+               bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
+    """Search multi-label decision thresholds that maximise METRIC and store them in the model.
+
+    `evaluate` and `predict` use them from then on (`--threshold` overrides). Writes the metric
+    before and after, the per-label table and the metric-versus-threshold curve into
+    RUN/thresholds-N.
+    """
+    from .. import evaluate as ev
+    from .. import predict, report, runs
+    from .. import thresholds as th
+
+    if metric not in th.METRICS:
+        raise common.UsageError(f"--metric must be one of {', '.join(th.METRICS)}, got {metric!r}")
+    if mode not in th.MODES:
+        raise common.UsageError(f"--mode must be one of {', '.join(th.MODES)}, got {mode!r}")
+    folder = runs.existing(run)
+    predictor = predict.Predictor(folder)
+    if not predictor.meta.multi_label:
+        raise common.UsageError(f"{folder} holds a single-label model: it decides by the top class, "
+                                "there are no thresholds to tune")
+    items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
+    _, probs, y = ev.measure(predictor, items, bs=bs)
+    tuned = th.tune(folder, probs, y, metric, mode)
+    out = runs.new_folder(folder, "thresholds")
+    report.write_multilabel_metrics(out, tuned.after, f"Thresholds of {folder.name}",
+                                    before=tuned.before, search=tuned.search,
+                                    extra=[f"Tuned on {source}: {mode}, {metric}.", ""])
+    shown = (f"{tuned.search.thresholds[0]:.2f}" if mode == "global"
+             else ", ".join(f"{c}={t:.2f}" for c, t in zip(predictor.classes, tuned.search.thresholds)))
+    common.echo(f"{metric}: {tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f} "
+                f"with thresholds {shown}")
+    common.echo(f"saved in {folder / 'model' / 'model.json'}; report: {out / 'report.md'}")
