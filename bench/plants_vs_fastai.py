@@ -8,21 +8,13 @@ Runs both one after the other on this machine and prints validation accuracy, wa
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from runner import timed
+
 HERE = Path(__file__).resolve().parent
-
-
-def timed(cmd: list[str], env: dict) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return seconds, out.stdout
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def read_many(paths: list[str], size: int, resize: str, progress: bool = True):
     threads = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(lambda p: try_read(p, size, resize), paths, chunksize=16)
-        if progress and len(paths) > 200:
+        if progress and len(paths) > 200 and sys.stdout.isatty():
             results = progress_bar(results, total=len(paths))
             results.comment = "decoding images"
         arrays = list(results)
