@@ -70,10 +70,6 @@ class KeepBest(TrackerCallback):
         if self.state is not None:
             model.load_state_dict(self.state)
 
-    @property
-    def best_value(self) -> float | None:
-        return None if self.state is None else float(self.best)
-
 
 class CPUBFloat16(Callback):
     """Forward pass and loss under `torch.autocast("cpu", bfloat16)`, inputs in channels_last.
