@@ -101,6 +101,16 @@ def is_multi_label(items: pd.DataFrame) -> bool:
     return "labels" in items.columns
 
 
+def class_indices(labels, classes: list[str]) -> np.ndarray:
+    """Class indices of single labels; a label the model does not know is a usage error."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(l) for l in labels if str(l) not in index})
+    if unknown:
+        raise UsageError(f"labels unknown to the model: {', '.join(unknown[:8])} "
+                         f"(it knows: {', '.join(classes[:14])})")
+    return np.array([index[str(l)] for l in labels], dtype=int)
+
+
 def label_matrix(label_texts, classes: list[str], delim: str = " ") -> np.ndarray:
     """N x L boolean matrix of label sets; a label the model does not know is a usage error."""
     index = {c: j for j, c in enumerate(classes)}
@@ -183,8 +193,7 @@ class Dataset:
         """Class indices (single-label) or the boolean label matrix (multi-label) of `idx`."""
         if self.multi_label:
             return label_matrix(self.items["labels"].iloc[idx], self.classes, self.delim)
-        index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index[l] for l in self.items["label"].iloc[idx]])
+        return class_indices(self.items["label"].iloc[idx], self.classes)
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.items["split"].to_numpy() == split)

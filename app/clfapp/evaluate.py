@@ -32,18 +32,6 @@ def metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
     }
 
 
-def targets(labels, classes: list[str]) -> np.ndarray:
-    """Class indices of `labels`; a label the model does not know is a usage error."""
-    from .errors import UsageError
-
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({str(l) for l in labels if str(l) not in index})
-    if unknown:
-        raise UsageError(f"labels unknown to the model: {', '.join(unknown[:8])} "
-                         f"(it knows: {', '.join(classes[:12])})")
-    return np.array([index[str(l)] for l in labels])
-
-
 def multilabel_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str],
                        thresholds: list[float] | float = 0.5) -> dict:
     """F1 (micro, macro, samples), subset and per-label accuracy, mAP, macro ROC AUC and a
@@ -110,5 +98,5 @@ def measure(predictor, items, tta: bool = False, bs: int = 64, threshold: float 
             raise UsageError("this is a multi-label model; give data with a labels column")
         y = data.label_matrix(items["labels"].iloc[kept], meta.classes, meta.label_delim)
         return multilabel_metrics(probs, y, meta.classes, decision_thresholds(meta, threshold)), probs, y
-    y = targets(items["label"].iloc[kept], meta.classes)
+    y = data.class_indices(items["label"].iloc[kept], meta.classes)
     return metrics(probs, y, meta.classes), probs, y
