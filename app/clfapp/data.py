@@ -236,7 +236,9 @@ def dataloaders(ds: Dataset, cfg: Config, stats: tuple):
         target_block, get_y = MultiCategoryBlock(vocab=ds.classes), lambda i: sets[i]
     else:
         labels = ds.items["label"].to_numpy()
-        target_block, get_y = CategoryBlock(vocab=ds.classes), lambda i: labels[i]
+        # sort=False: fastai would sort the vocab alphabetically ("1", "10", "2") while
+        # ds.classes, the bundle and predict use the natural order ("1", "2", "10").
+        target_block, get_y = CategoryBlock(vocab=ds.classes, sort=False), lambda i: labels[i]
     train_idx, valid_idx = ds.indices("train"), ds.indices("valid")
     a = cfg.aug
     batch_tfms = []
