@@ -55,11 +55,13 @@ def test_train_and_test_folders_only_get_a_stratified_valid(tmp_path):
     make_folder_dataset(root / "train", n_per_class=10)
     make_folder_dataset(root / "test", n_per_class=2)
     items = data.scan(DataConfig(path=str(root)))
-    assigned = splits.assign(items, "auto", 0.2, seed=0)
+    assigned = splits.assign(items, "auto", 0.2, seed=0, root=root)
     counts = assigned["split"].value_counts().to_dict()
-    assert counts == {"train": 24, "valid": 6, "test": 6}
-    valid = assigned[assigned["split"] == "valid"]
-    assert sorted(valid["label"].unique()) == sorted(COLOURS)
+    assert counts["test"] == 6 and counts["train"] + counts["valid"] == 30
+    # every class is in both train and valid (hash split: ~20 % per class, at least one)
+    pool = assigned[assigned["split"] != "test"]
+    per_class = pool.groupby("label")["split"].apply(lambda s: (s == "valid").sum())
+    assert per_class.between(1, 9).all() and sorted(per_class.index) == sorted(COLOURS), per_class
     # test items never move into train or valid
     assert (assigned.loc[items["split"] == "test", "split"] == "test").all()
 
@@ -106,6 +108,63 @@ def test_csv_without_the_columns(tmp_path):
         data.scan(DataConfig(path=str(tmp_path), labels="csv:m.csv"))
     with pytest.raises(UsageError, match="not found"):
         data.scan(DataConfig(path=str(tmp_path), labels="csv:missing.csv"))
+
+
+def _csv_dataset(root: Path, text: str) -> Path:
+    """root/labels.csv with `text`, and a small image for every file name it lists."""
+    for k, line in enumerate(text.strip().splitlines()[1:]):
+        fname = line.split(",")[0]
+        if not (root / fname).exists():
+            make_image(root / fname, list(COLOURS.values())[k % 3], seed=k)
+    (root / "labels.csv").write_text(text)
+    return root
+
+
+def test_csv_duplicate_rows_with_the_same_label_become_one_item(tmp_path, capsys):
+    root = _csv_dataset(tmp_path / "ds", "fname,label\na.png,cat\nb.png,dog\na.png,cat\n"
+                                          "c.png,dog\nb.png,dog\na.png,cat\n")
+    items = data.scan(DataConfig(path=str(root), labels="csv:labels.csv"))
+    names = items["path"].map(lambda p: Path(p).name).tolist()
+    assert names == ["a.png", "b.png", "c.png"]  # one item each, in first-seen order
+    assert items["label"].tolist() == ["cat", "dog", "dog"]
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warnings) == 1
+    assert "2 file(s)" in warnings[0] and "3 duplicate row(s)" in warnings[0]
+
+
+def test_csv_duplicate_rows_with_different_labels_are_refused(tmp_path, cli, monkeypatch):
+    root = _csv_dataset(tmp_path / "ds", "fname,label\na.png,cat\nb.png,dog\n"
+                                          "c.png,cat\nb.png,cow\n")
+    with pytest.raises(UsageError, match=r"b\.png different labels: dog, cow") as e:
+        data.scan(DataConfig(path=str(root), labels="csv:labels.csv"))
+    assert "one label" in str(e.value) and "`labels`" in str(e.value)  # how to fix it
+    # the same CSV as the data path, through the CLI: one error line, exit 2
+    from conftest import assert_usage_error, write_recipe
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "r.toml", "ds/labels.csv")
+    assert_usage_error(cli("fit", recipe), "b.png", "dog, cow")
+    # rows that disagree on the split are refused too
+    _csv_dataset(tmp_path / "sp", "fname,label,split\na.png,cat,train\na.png,cat,valid\n"
+                                  "b.png,dog,train\n")
+    with pytest.raises(UsageError, match=r"a\.png different splits: train, valid"):
+        data.scan(DataConfig(path=str(tmp_path / "sp" / "labels.csv")))
+
+
+def test_csv_multi_label_rows_of_one_file_are_merged(tmp_path, capsys):
+    # one row per (fname, label): a common export shape
+    root = _csv_dataset(tmp_path / "ds", "fname,labels\na.png,cat\nb.png,dog\na.png,dog\n"
+                                          "a.png,cat\nc.png,\nc.png,owl\n")
+    items = data.scan(DataConfig(path=str(root), labels="csv:labels.csv"))
+    got = dict(zip(items["path"].map(lambda p: Path(p).name), items["labels"]))
+    assert got == {"a.png": "cat dog", "b.png": "dog", "c.png": "owl"}
+    err = capsys.readouterr().err
+    assert "2 file(s)" in err and "5 rows into 2 images" in err
+    # 0/1 columns: the union of the rows' ones
+    (root / "onehot.csv").write_text("fname,cat,dog,owl\na.png,1,0,0\nb.png,0,1,0\n"
+                                     "a.png,0,0,1\n")
+    items = data.scan(DataConfig(path=str(root), labels="csv:onehot.csv"))
+    got = dict(zip(items["path"].map(lambda p: Path(p).name), items["labels"]))
+    assert got == {"a.png": "cat owl", "b.png": "dog"}
 
 
 def test_labels_from_file_name_regex(tmp_path):
@@ -208,21 +267,42 @@ def test_read_many_skips_unreadable(tmp_path, capsys):
 
 # --- splits ----------------------------------------------------------------------------------
 
-def test_stratified_split_is_seeded():
+def _keys(labels: pd.Series) -> list[str]:
+    """Item names like a folder dataset's relative paths: CLASS/CLASS_i.png."""
+    return [f"{lab}/{lab}_{i}.png" for i, lab in enumerate(labels)]
+
+
+def test_stratified_split_is_seeded_and_follows_the_hash_rule():
     labels = pd.Series(["a"] * 12 + ["b"] * 12 + ["c"] * 12)
-    m1 = splits.stratified(labels, 0.25, seed=1)
-    assert (m1 == splits.stratified(labels, 0.25, seed=1)).all()
-    assert (m1 != splits.stratified(labels, 0.25, seed=2)).any()
-    assert m1.sum() == 9
-    assert labels[m1].value_counts().to_dict() == {"a": 3, "b": 3, "c": 3}
+    keys = _keys(labels)
+    m1 = splits.stratified(labels, keys, 0.25, seed=1)
+    assert (m1 == splits.stratified(labels, keys, 0.25, seed=1)).all()
+    assert (m1 != splits.stratified(labels, keys, 0.25, seed=2)).any()
+    # valid iff the item's own hash is below valid_pct, unless a class would lose a side
+    u = splits.hash_units(keys, 1)
+    for label in "abc":
+        idx = np.flatnonzero(labels == label)
+        rule = u[idx] < 0.25
+        if 0 < rule.sum() < len(idx):
+            assert (m1[idx] == rule).all(), label
+        assert 1 <= m1[idx].sum() <= len(idx) - 1, label
+
+
+def test_hash_units_are_the_documented_sha1_of_seed_and_key():
+    # a fixed contract: changing it would silently re-split every existing dataset
+    import hashlib
+    u = splits.hash_units(["red/red_00.png", "a b/ü.jpg"], 7)
+    for key, got in zip(["red/red_00.png", "a b/ü.jpg"], u):
+        want = int(hashlib.sha1(f"7:{key}".encode()).hexdigest()[:12], 16) / 16**12
+        assert got == want and 0 <= got < 1
 
 
 def test_stratified_split_keeps_every_class_in_valid():
     # imbalanced: 50 / 3 / 3 / 3 / 2 at 20 %: every class with two or more images must have
     # validation images (and keep training images), whatever the seed
     labels = pd.Series(["a"] * 50 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3 + ["e"] * 2)
-    for seed in range(3):
-        mask = splits.stratified(labels, 0.2, seed)
+    for seed in range(20):
+        mask = splits.stratified(labels, _keys(labels), 0.2, seed)
         assert set(labels[~mask]) == set(labels), seed
         missing = set(labels) - set(labels[mask])
         assert not missing, f"seed {seed}: no validation image for class(es) {sorted(missing)}"
@@ -230,23 +310,31 @@ def test_stratified_split_keeps_every_class_in_valid():
 
 def test_stratified_single_image_class_stays_in_training(capsys):
     labels = pd.Series(["a"] * 5 + ["b"] * 5 + ["lonely"])
-    mask = splits.stratified(labels, 0.2, 0)
+    mask = splits.stratified(labels, _keys(labels), 0.2, 0)
     assert not mask[10]
     assert "lonely" in capsys.readouterr().err
 
 
 def test_random_split_is_seeded():
-    m = splits.random(50, 0.2, 3)
-    assert m.sum() == 10
-    assert (m == splits.random(50, 0.2, 3)).all() and (m != splits.random(50, 0.2, 4)).any()
+    keys = [f"img_{i}.png" for i in range(50)]
+    m = splits.random(keys, 0.2, 3)
+    assert (m == splits.random(keys, 0.2, 3)).all() and (m != splits.random(keys, 0.2, 4)).any()
+    assert (m == (splits.hash_units(keys, 3) < 0.2)).all()
+    # never an empty side, even when the hash rule would leave one
+    for seed in range(20):
+        tiny = splits.random(keys[:3], 0.05, seed)
+        assert tiny.sum() == 1, seed
+        assert not splits.random(keys[:3], 0.95, seed).all(), seed
 
 
 def test_every_class_keeps_a_training_image():
     labels = pd.Series(["a", "a", "b", "b"])
-    mask = splits.stratified(labels, 0.9, 0)
-    assert sorted(labels[mask]) == ["a", "b"] and sorted(labels[~mask]) == ["a", "b"]
-    # one per class can be held out
-    assert splits.stratified(pd.Series(["a", "a", "b", "b"]), 0.5, 0).sum() == 2
+    for seed in range(10):
+        for pct in (0.05, 0.5, 0.9):
+            mask = splits.stratified(labels, _keys(labels), pct, seed)
+            # two images per class: exactly one valid, one train, whatever the hash says
+            assert sorted(labels[mask]) == ["a", "b"], (seed, pct)
+            assert sorted(labels[~mask]) == ["a", "b"], (seed, pct)
 
 
 def test_load_decodes_and_aligns(tmp_path):
@@ -276,10 +364,17 @@ def test_splits_csv_written_by_fit_has_every_item(cli, tmp_path, monkeypatch, ti
     on_disk = {str(p) for p in root.rglob("*.png")}  # absolute: readable from any folder
     assert len(df) == len(on_disk) == 30
     assert set(df["path"]) == on_disk
-    # round(20 % of 8) = 2 per class
-    assert df["split"].value_counts().to_dict() == {"train": 18, "valid": 6, "test": 6}
+    counts = df["split"].value_counts().to_dict()
+    assert counts["test"] == 6 and counts["train"] + counts["valid"] == 24
     assert (df["label"] == df["path"].map(lambda p: Path(p).parent.name)).all()
-    assert set(df.loc[df["split"] == "valid", "label"]) == set(COLOURS)
+    # each class: its own hash decides (~20 % of 8 on average), never an empty side
+    pool = df[df["split"] != "test"]
+    assert set(pool.loc[pool["split"] == "valid", "label"]) == set(COLOURS)
+    assert set(pool.loc[pool["split"] == "train", "label"]) == set(COLOURS)
+    # the split recorded is the one the documented rule gives for (seed, relative path)
+    rel = [Path(p).relative_to(root).as_posix() for p in pool["path"]]
+    want = splits.stratified(pool["label"].reset_index(drop=True), rel, 0.2, 5)
+    assert ((pool["split"] == "valid").to_numpy() == want).all()
     # the same seed gives the same split: a second run agrees item for item
     result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s2", "--seed", "5")
     assert result.exit_code == 0, result.output

@@ -10,6 +10,7 @@ Layouts understood:
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,59 @@ def _from_csv(root: Path, csv_name: str, delim: str = " ") -> pd.DataFrame:
                              f"(one per label); it has: {', '.join(df.columns)}")
         out["labels"] = [delim.join(c for c in onehot if row[c] == "1") for _, row in df.iterrows()]
     out["split"] = df["split"].map(lambda s: SPLIT_FOLDERS.get(s.lower())) if "split" in df else None
-    return out
+    return _merge_duplicates(out, df["fname"], csv, delim)
+
+
+def _merge_duplicates(out: pd.DataFrame, fnames: pd.Series, csv: Path, delim: str) -> pd.DataFrame:
+    """One item per image file when the CSV lists a file on several rows.
+
+    Left as they are, duplicates become duplicate items: the image weighs double in training
+    and can sit in train and valid at once. Multi-label rows are merged into the union of
+    their labels (one row per (fname, label) is a common CSV shape); single-label rows with the
+    same label are merged, with different labels refused: which one is right is the user's call.
+    """
+    dup = out["path"].duplicated(keep=False)
+    if not dup.any():
+        return out
+    rows = out[dup].assign(fname=fnames[dup])
+    n_files, n_rows = rows["path"].nunique(), int(dup.sum())
+    _refuse_conflicts(rows, "split", csv, "give each file one split")
+    if "label" in out.columns:
+        _refuse_conflicts(rows, "label", csv, "give each file one label, or name the column "
+                          "`labels` for images with several labels")
+        what = f"more than once with the same label; each is used once ({n_rows - n_files} " \
+               "duplicate row(s) dropped)"
+    else:
+        what = f"on several rows; their labels are merged ({n_rows} rows into {n_files} images)"
+    print(f"warning: {csv} lists {n_files} file(s) {what}", file=sys.stderr)
+    merged = out.drop_duplicates("path").reset_index(drop=True)
+    for column in ("label", "split"):  # a row's given value wins over another row's empty one
+        if column in rows.columns:
+            first = _given(rows, column).groupby("path", sort=False)[column].first()
+            merged[column] = [first.get(p, v) for p, v in zip(merged["path"], merged[column])]
+    if "labels" in rows.columns:
+        union = rows.groupby("path", sort=False)["labels"].agg(lambda texts: delim.join(
+            dict.fromkeys(l for t in texts for l in split_labels(t, delim))))
+        merged["labels"] = [union.get(p, v) for p, v in zip(merged["path"], merged["labels"])]
+    return merged
+
+
+def _given(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows where `column` has a value (not None, NaN or "")."""
+    return rows[rows[column].notna() & (rows[column] != "")]
+
+
+def _refuse_conflicts(rows: pd.DataFrame, column: str, csv: Path, fix: str) -> None:
+    """UsageError naming one file whose rows disagree on `column` (empty values ignored)."""
+    given = _given(rows, column)
+    values = given.groupby("path", sort=False)[column].unique()
+    clash = values[values.map(len) > 1]
+    if len(clash):
+        path = clash.index[0]
+        fname = given.loc[given["path"] == path, "fname"].iloc[0]
+        also = f" (and {len(clash) - 1} more file(s))" if len(clash) > 1 else ""
+        raise UsageError(f"{csv} gives {fname} different {column}s: "
+                         f"{', '.join(map(str, clash.iloc[0]))}{also}; {fix}")
 
 
 def split_labels(text, delim: str = " ") -> list[str]:
@@ -126,6 +179,16 @@ def label_matrix(label_texts, classes: list[str], delim: str = " ") -> np.ndarra
         raise UsageError(f"labels unknown to the model: {', '.join(sorted(unknown)[:8])} "
                          f"(it knows: {', '.join(classes[:14])})")
     return y
+
+
+def dataset_root(cfg: DataConfig) -> Path:
+    """The folder the items live under (for a CSV given as data.path, the CSV's folder).
+
+    The split names items by their path relative to it, so that moving the dataset does not
+    change which images are validation images.
+    """
+    root = Path(cfg.path).expanduser().absolute()
+    return root.parent if root.is_file() else root
 
 
 def scan(cfg: DataConfig) -> pd.DataFrame:
@@ -204,7 +267,8 @@ def load(cfg: Config) -> Dataset:
     items = scan(cfg.data)
     y = (label_matrix(items["labels"], classes_of(items, cfg.data.label_delim), cfg.data.label_delim)
          if is_multi_label(items) else None)
-    items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.train.seed, y)
+    items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.train.seed, y,
+                          root=dataset_root(cfg.data))
     used = items[items["split"] != "test"].reset_index(drop=True)
     pixels, kept = images.read_many(used["path"].tolist(), cfg.data.size, cfg.data.resize)
     if len(kept) < len(used):

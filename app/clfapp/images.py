@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,12 +42,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(path: str | Path, size: int, resize: str = "squish") -> np.ndarray:
-    """Decode `path` to a `size`x`size`x3 uint8 array. Raises OSError/ValueError on a bad file."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter is not the user's problem
-        with Image.open(path) as img:
-            img.load()
-            img = to_rgb(ImageOps.exif_transpose(img))
+    """Decode `path` to a `size`x`size`x3 uint8 array. Raises OSError/ValueError on a bad file.
+
+    It runs in worker threads, so it must not touch the warning filters: they are process-wide
+    and `warnings.catch_warnings()` is not thread-safe (one thread restores a state another one
+    changed, leaving the filters altered for good). PIL's EXIF/palette chatter is silenced once,
+    in the main thread, where the CLI starts a command (cli/common.py `command`).
+    """
+    with Image.open(path) as img:
+        img.load()
+        img = to_rgb(ImageOps.exif_transpose(img))
     target = (size, size)
     if resize == "crop":
         img = ImageOps.fit(img, target, method=RESIZE_FILTER)
@@ -72,16 +75,39 @@ def read_many(paths: list[str], size: int, resize: str, progress: bool = True):
     """Decode `paths` in parallel threads (PIL releases the GIL while decoding).
 
     Returns (array N'xSxSx3, kept) where `kept` lists the indices of the readable paths.
+    Each thread writes its image straight into a preallocated N x S x S x 3 array: a list of
+    per-image arrays stacked at the end would hold every image twice at the peak (gigabytes for
+    a large dataset). Unreadable rows are squeezed out in place.
     """
     from fastprogress.fastprogress import progress_bar
 
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+
+    def decode_into(i: int) -> bool:
+        a = try_read(paths[i], size, resize)
+        if a is not None:
+            out[i] = a
+        return a is not None
+
     threads = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
-        results = pool.map(lambda p: try_read(p, size, resize), paths, chunksize=16)
+        results = pool.map(decode_into, range(len(paths)))
         if progress and len(paths) > 200 and sys.stdout.isatty():
             results = progress_bar(results, total=len(paths))
             results.comment = "decoding images"
-        arrays = list(results)
-    kept = [i for i, a in enumerate(arrays) if a is not None]
-    stack = np.stack([arrays[i] for i in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
-    return stack, kept
+        ok = list(results)
+    kept = [i for i, good in enumerate(ok) if good]
+    return _compact(out, kept), kept
+
+
+def _compact(out: np.ndarray, kept: list[int]) -> np.ndarray:
+    """`out[kept]` without a second full-size copy: rows move up in place, then the array is
+    shrunk (a realloc: shrinking gives the tail's memory back and normally does not copy)."""
+    if len(kept) == len(out):
+        return out
+    for j, i in enumerate(kept):  # j <= i: a row is read before anything overwrites it
+        if i != j:
+            out[j] = out[i]
+    # refcheck=False: `out` is this module's own array, no view of it has been handed out.
+    out.resize((len(kept), *out.shape[1:]), refcheck=False)
+    return out

@@ -1,7 +1,15 @@
-"""Train/valid splits of a labelled item table (column `label`, optional folder `split`)."""
+"""Train/valid splits of a labelled item table (column `label`, optional folder `split`).
+
+Single-label splits (`stratified`, `random`) decide each item by a hash of its path relative to
+the dataset root and the seed, not by a seeded shuffle: with a shuffle, adding one image to a
+growing dataset reshuffles everything and moves earlier validation images into training (a leak
+across runs that no metric shows). With the hash, an item's split depends only on its own name.
+"""
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,15 +17,49 @@ import pandas as pd
 from .errors import UsageError
 
 
-def stratified(labels: pd.Series, valid_pct: float, seed: int) -> np.ndarray:
-    """A boolean mask of validation items: `valid_pct` of every class, at least one (seeded).
+def hash_units(keys, seed: int) -> np.ndarray:
+    """A number in [0, 1) per key, fixed by (seed, key) alone: u = sha1("seed:key")[:12] / 16**12.
 
-    Each class with n >= 2 images gives round(valid_pct * n) of them, clipped to 1..n-1, so
-    small classes are never missing from validation. Single-image classes stay in training,
-    with a warning.
+    sha1 rather than Python's hash(): the same on every machine and in every process
+    (PYTHONHASHSEED randomises str hashes).
     """
-    rng = np.random.default_rng(seed)
+    return np.array([int(hashlib.sha1(f"{seed}:{k}".encode()).hexdigest()[:12], 16) / 16**12
+                     for k in keys], dtype=np.float64).reshape(-1)
+
+
+def _hash_mask(u: np.ndarray, valid_pct: float) -> np.ndarray:
+    """Valid iff u < valid_pct, then at least one valid and (n >= 2) at least one train item.
+
+    The fix-ups move the fewest items possible (the lowest u into valid, the highest u into
+    train), so they touch only groups where the hash rule alone left a side empty.
+    """
+    mask = u < valid_pct
+    if len(u) and not mask.any():
+        mask[np.argmin(u)] = True
+    if len(u) >= 2 and mask.all():
+        mask[np.argmax(u)] = False
+    return mask
+
+
+def stratified(labels: pd.Series, keys, valid_pct: float, seed: int) -> np.ndarray:
+    """A boolean mask of validation items, decided per item by a hash of (seed, key), per class.
+
+    `keys` (aligned with `labels`) name the items stably: their paths relative to the dataset
+    root, so that moving the dataset folder keeps the split. An item is valid when its
+    `hash_units` value is below `valid_pct`; each class therefore gets valid_pct of its images
+    *on average*, not exactly round(valid_pct * n) (e.g. a class of 10 at 0.2 may give 1, 2 or
+    3). That is the price of stability: adding images (or a class) never moves an image that
+    was there before between train and valid, because each item's decision is its own.
+
+    Every class with n >= 2 images keeps at least one validation and one training image (when
+    the hash gives none, the lowest-hash item goes to valid; when it gives all, the highest-hash
+    one goes to train), so small classes are never missing from validation. Single-image classes
+    stay in training, with a warning.
+    """
     values = labels.to_numpy()
+    u = hash_units(keys, seed)
+    if len(u) != len(values):
+        raise ValueError(f"{len(values)} labels but {len(u)} keys")
     mask = np.zeros(len(values), dtype=bool)
     singles = []
     for label in sorted(pd.unique(values), key=str):
@@ -25,8 +67,7 @@ def stratified(labels: pd.Series, valid_pct: float, seed: int) -> np.ndarray:
         if len(idx) < 2:
             singles.append(str(label))
             continue
-        k = min(len(idx) - 1, max(1, int(round(valid_pct * len(idx)))))
-        mask[rng.permutation(idx)[:k]] = True
+        mask[idx] = _hash_mask(u[idx], valid_pct)
     if singles:
         print(f"warning: {len(singles)} class(es) have one image and stay in training: "
               f"{', '.join(singles[:5])}", file=sys.stderr)
@@ -37,7 +78,9 @@ def iterative(y: np.ndarray, valid_pct: float, seed: int, order: int = 2) -> np.
     """A boolean mask of validation items by iterative stratification (Sechidis et al. 2011).
 
     `y` is the N x L 0/1 label matrix; label (and label-pair, order 2) frequencies come out
-    nearly equal in both parts. scikit-multilearn draws from numpy's global generator, so it
+    nearly equal in both parts. Unlike the single-label splits this one is not stable when
+    items are added: it balances label combinations over the whole set, so every item's
+    place depends on all the others. scikit-multilearn draws from numpy's global generator, so it
     is seeded here and the caller's generator state is put back afterwards.
     """
     from skmultilearn.model_selection import IterativeStratification
@@ -55,19 +98,42 @@ def iterative(y: np.ndarray, valid_pct: float, seed: int, order: int = 2) -> np.
     return mask
 
 
-def random(n: int, valid_pct: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(n, dtype=bool)
-    mask[rng.permutation(n)[: max(1, int(round(valid_pct * n)))]] = True
-    return mask
+def random(keys, valid_pct: float, seed: int) -> np.ndarray:
+    """A boolean mask of validation items by a hash of (seed, key), ignoring labels.
+
+    valid_pct on average, stable when items are added (see `stratified`); at least one valid
+    item, and at least one training item when there are two or more.
+    """
+    return _hash_mask(hash_units(keys, seed), valid_pct)
+
+
+def split_keys(paths, root: Path | str | None) -> list[str]:
+    """The names the split hashes: each path relative to `root`, '/'-separated.
+
+    Relative, so the split survives moving or copying the dataset folder; '/'-separated, so it
+    is the same on Windows. A path outside `root` (an absolute file name in a label CSV) keeps
+    its full path. Without a root, the paths are used as given.
+    """
+    if root is None:
+        return [Path(p).as_posix() for p in paths]
+    root = Path(root)
+    keys = []
+    for p in paths:
+        try:
+            keys.append(Path(p).relative_to(root).as_posix())
+        except ValueError:
+            keys.append(Path(p).as_posix())
+    return keys
 
 
 def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
-           y: np.ndarray | None = None) -> pd.DataFrame:
+           y: np.ndarray | None = None, root: Path | str | None = None) -> pd.DataFrame:
     """Fill `items.split` with train/valid (test items, from a test/ folder, stay test).
 
     method auto: the dataset's own valid folder when it has one, else stratified, or iterative
-    when `y` (the multi-label matrix, rows aligned with `items`) is given.
+    when `y` (the multi-label matrix, rows aligned with `items`) is given. `root` is the
+    dataset folder: the hash splits name items by their path relative to it (`split_keys`), so
+    pass it whenever `items.path` is absolute, or moving the dataset changes the split.
     """
     items = items.copy()
     has_folders = items["split"].notna().any()
@@ -80,14 +146,15 @@ def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
         return items
     pool = items["split"] != "test" if has_folders else pd.Series(True, index=items.index)
     sub = items[pool]
+    keys = split_keys(sub["path"], root)
     if method == "random":
-        mask = random(len(sub), valid_pct, seed)
+        mask = random(keys, valid_pct, seed)
     elif y is not None:
         mask = iterative(y[pool.to_numpy()], valid_pct, seed)
     elif method == "iterative":
         raise UsageError("data.split = 'iterative' is for multi-label data; use 'stratified'")
     else:
-        mask = stratified(sub["label"].reset_index(drop=True), valid_pct, seed)
+        mask = stratified(sub["label"].reset_index(drop=True), keys, valid_pct, seed)
     items.loc[pool, "split"] = np.where(mask, "valid", "train")
     return items
 

@@ -20,6 +20,9 @@ def command(fn):
         _quiet_bars_off_terminal()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="fastai")
+        # PIL's EXIF/palette chatter, DecompressionBombWarning: here once, never in decode threads
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"PIL\.")
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
