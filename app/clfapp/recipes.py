@@ -1,18 +1,33 @@
-"""Recipe names → TOML files: the project's recipes/ folder, or any path to a .toml file."""
+"""Recipe names → TOML files.
+
+A name is looked up in `./recipes/` of the current folder first (a user's own recipes, which
+may shadow a shipped one), then among the recipes shipped inside the package (the
+repository's top-level `recipes/`, installed as `clfapp.builtin_recipes`). Any path to a .toml file
+works too. A recipe's relative `data.path` is read from the current folder (see README).
+"""
 from __future__ import annotations
 
 import difflib
-import tomllib
+from importlib import resources
 from pathlib import Path
 
 from .errors import UsageError
 
-# The recipes/ folder at the repository root (clfapp is installed in editable mode from it).
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+LOCAL_DIR = Path("recipes")
+
+
+def shipped_dir() -> Path:
+    """The folder of the recipes installed with clfapp (the source folder in an editable install)."""
+    return Path(str(resources.files("clfapp.builtin_recipes")))
 
 
 def available() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.toml"))}
+    """Every recipe by name: the shipped ones, overridden by same-named ones in ./recipes/."""
+    found: dict[str, Path] = {}
+    for folder in (shipped_dir(), LOCAL_DIR):
+        if folder.is_dir():
+            found.update({p.stem: p.resolve() for p in sorted(folder.glob("*.toml"))})
+    return dict(sorted(found.items()))
 
 
 def find(recipe: str) -> tuple[str, Path]:

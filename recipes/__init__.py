@@ -1,0 +1,1 @@
+"""The recipes shipped with clfapp: the TOML files beside this one (installed as clfapp.builtin_recipes)."""

@@ -1,0 +1,65 @@
+"""A regular install (a wheel, not the editable source tree) works from any folder: it finds
+its recipes and trains the embedded default."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def _run(args, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, f"{args} exit {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def test_wheel_finds_its_recipes_and_fits_from_another_folder(tmp_path):
+    dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # The build uses the test environment's setuptools: no network needed.
+    _run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
+         tmp_path, env)
+    wheel = next(dist.glob("clfapp-*.whl"))
+    _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, env)
+
+    env = dict(env, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
+    where = _run(["-c", "import clfapp, clfapp.recipes as r; print(clfapp.__file__); print(r.shipped_dir())"],
+                 work, env).stdout.split()
+    assert all(line.startswith(str(site)) for line in where), where  # the wheel's copy, not the source
+
+    listed = _run(["-m", "clfapp", "recipes"], work, env).stdout
+    assert {"digits", "plants"} <= {line.split()[0] for line in listed.splitlines() if line.strip()}
+
+    _run(["-m", "clfapp", "fit", "digits", "--epochs", "1", "--name", "one"], work, env)
+    assert (work / "data" / "digits").is_dir()                     # the sample is made here
+    assert (work / "runs" / "one" / "model" / "model.json").is_file()
+
+
+def test_a_recipe_in_the_current_folder_shadows_a_shipped_one(cli, tmp_path, monkeypatch):
+    from clfapp import recipes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "digits.toml").write_text("# my digits\n[train]\nepochs = 1\n")
+    (tmp_path / "recipes" / "mine.toml").write_text("# mine\n")
+    name, path = recipes.find("digits")
+    assert path.resolve() == (tmp_path / "recipes" / "digits.toml").resolve()
+    listed = cli("recipes")
+    assert listed.exit_code == 0
+    assert "my digits" in listed.output and "mine" in listed.output and "plants" in listed.output
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """pyproject lists packages by hand (for the recipes mapping): a new subpackage left out
+    would be missing from every regular install while the editable one still works."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    app = REPO / "app"
+    found = {".".join(p.parent.relative_to(app).parts) for p in (app / "clfapp").rglob("__init__.py")}
+    assert found | {"clfapp.builtin_recipes"} == listed
