@@ -1,4 +1,7 @@
-"""Single-label metrics from predicted probabilities and true class indices."""
+"""Measure a model on labelled data: which items, their probabilities, and the figures.
+
+The figures themselves are defined in clfapp.metrics; `metrics` and `multilabel_metrics` are
+kept here for the callers that import them."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,64 +9,23 @@ import numpy as np
 
 def macro_roc_auc(probs: np.ndarray, y: np.ndarray) -> float | None:
     """One-vs-rest ROC AUC averaged over the classes that have both positives and negatives."""
-    from sklearn.metrics import roc_auc_score
-
-    scores = [roc_auc_score(y == c, probs[:, c]) for c in range(probs.shape[1])
-              if 0 < (y == c).sum() < len(y)]
-    return float(np.mean(scores)) if scores else None
+    from .metrics import roc_auc_ovr
+    return roc_auc_ovr(probs, y)
 
 
 def metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
-    """accuracy, macro/weighted F1, ROC AUC, per-class table and confusion matrix."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = list(range(len(classes)))
-    pred = probs.argmax(axis=1)
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    return {
-        "n": int(len(y)),
-        "accuracy": float((pred == y).mean()),
-        "f1_macro": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "f1_weighted": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
-        "roc_auc_ovr": macro_roc_auc(probs, y),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                          "support": int(s[i])} for i, c in enumerate(classes)},
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-    }
+    """accuracy, macro/weighted F1, ROC AUC, per-class table and confusion matrix, as defined
+    in clfapp.metrics (the one definition every figure of clfapp uses)."""
+    from .metrics import single_label
+    return single_label(probs, y, classes)
 
 
 def multilabel_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str],
                        thresholds: list[float] | float = 0.5) -> dict:
     """F1 (micro, macro, samples), subset and per-label accuracy, mAP, macro ROC AUC and a
-    per-label table, at the given decision thresholds."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from .thresholds import f1
-
-    y = y.astype(bool)
-    t = np.broadcast_to(np.asarray(thresholds, dtype=float), (probs.shape[1],))
-    pred = probs >= t
-    present = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
-    ap = {j: float(average_precision_score(y[:, j], probs[:, j])) for j in present}
-    per_label = {}
-    for j, c in enumerate(classes):
-        tp, fp, fn = (y[:, j] & pred[:, j]).sum(), (~y[:, j] & pred[:, j]).sum(), (y[:, j] & ~pred[:, j]).sum()
-        per_label[c] = {"precision": float(tp / (tp + fp)) if tp + fp else 0.0,
-                        "recall": float(tp / (tp + fn)) if tp + fn else 0.0,
-                        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 1.0,
-                        "ap": ap.get(j), "support": int(y[:, j].sum()), "threshold": float(t[j])}
-    return {
-        "n": int(len(y)),
-        "f1_micro": f1(y, pred, "f1_micro"),
-        "f1_macro": f1(y, pred, "f1_macro"),
-        "f1_samples": f1(y, pred, "f1_samples"),
-        "subset_accuracy": float((pred == y).all(axis=1).mean()),
-        "accuracy_multi": float((pred == y).mean()),
-        "map": float(np.mean(list(ap.values()))) if ap else None,
-        "roc_auc_macro": float(np.mean([roc_auc_score(y[:, j], probs[:, j]) for j in present])) if present else None,
-        "thresholds": [float(x) for x in t],
-        "per_label": per_label,
-    }
+    per-label table, at the given decision thresholds (defined in clfapp.metrics)."""
+    from .metrics import multi_label
+    return multi_label(probs, y, classes, thresholds)
 
 
 def labelled_items(run, data_path: str | None = None, labels: str = "folder", delim: str = " "):
@@ -82,7 +44,8 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
     if not splits.is_file():
         raise UsageError(f"{run} has no splits.csv; pass --data PATH")
     items = pd.read_csv(splits, dtype=str, keep_default_na=False)
-    return items[items["split"] == "valid"], f"validation split of {run.name}"
+    return items[items["split"] == "valid"], (f"validation split of {run.name} (it chose the "
+                                              "best epoch, and thresholds if tuned there: optimistic)")
 
 
 def measure(predictor, items, tta: bool = False, bs: int = 64, threshold: float | None = None):
@@ -100,3 +63,31 @@ def measure(predictor, items, tta: bool = False, bs: int = 64, threshold: float 
         return multilabel_metrics(probs, y, meta.classes, decision_thresholds(meta, threshold)), probs, y
     y = data.class_indices(items["label"].iloc[kept], meta.classes)
     return metrics(probs, y, meta.classes), probs, y
+
+
+def held_out(run, items) -> tuple[dict, dict | None] | None:
+    """The saved bundle of `run` measured on the dataset's test split (items with split ==
+    "test": a test/ folder or a split column, never trained on, nor used to choose the best
+    epoch or the thresholds, so the honest figure).
+
+    Returns (figures at the bundle's thresholds, figures at 0.5 for multi-label models or None),
+    or None when there is no test split, or it cannot be measured (said on stderr: the run is
+    still complete with its validation figures).
+    """
+    import sys
+
+    from .errors import UsageError
+    from .metrics import multi_label
+    from .predict import Predictor
+
+    test = items[items["split"] == "test"]
+    if not len(test):
+        return None
+    try:
+        predictor = Predictor(run)
+        m, probs, y = measure(predictor, test)
+    except UsageError as e:
+        print(f"warning: the test split was not measured: {e}", file=sys.stderr)
+        return None
+    meta = predictor.meta
+    return m, (multi_label(probs, y, meta.classes, 0.5) if meta.multi_label else None)

@@ -60,6 +60,21 @@ def _collate(batch):
     return idx, x
 
 
+FLIP_DIMS = {"horizontal": 3, "vertical": 2}
+"""TTA mirror name -> the N,C,H,W dimension it flips."""
+LEGACY_TTA_FLIPS = ("horizontal",)
+"""TTA of bundles written before model.json recorded `tta_flips`: what TTA always did."""
+
+
+def tta_flips_for(aug) -> list[str]:
+    """The mirrors training augmented with, from an AugConfig, in fastai's terms:
+    aug_transforms flips only when `flip` is on (`flip_vert` then adds vertical flips, with
+    fastai's Dihedral), and nothing at all when augmentation is disabled."""
+    if not (aug.enabled and aug.flip):
+        return []
+    return ["horizontal", "vertical"] if aug.flip_vert else ["horizontal"]
+
+
 class Predictor:
     """A bundle's model with its preprocessing: `probabilities(paths)`."""
 
@@ -71,21 +86,47 @@ class Predictor:
         self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(self.meta.std).view(1, 3, 1, 1)
+        self._told_no_tta = False
 
     @property
     def classes(self) -> list[str]:
         return self.meta.classes
 
+    @property
+    def tta_flips(self) -> list[str]:
+        """The mirrors TTA averages over: those the model was trained with (model.json's
+        `tta_flips`); a bundle older than that field gets the horizontal flip it always had."""
+        flips = list(LEGACY_TTA_FLIPS if self.meta.tta_flips is None else self.meta.tta_flips)
+        unknown = [f for f in flips if f not in FLIP_DIMS]
+        if unknown:
+            raise UsageError(f"model.json: unknown tta_flips {unknown} (known: {', '.join(FLIP_DIMS)})")
+        return flips
+
     def forward(self, x_uint8, tta: bool = False):
-        """Probabilities for a uint8 N,3,S,S batch. TTA averages with the mirrored image."""
+        """Probabilities for a uint8 N,3,S,S batch.
+
+        TTA averages the image with its mirrors, but only the mirrors training augmented with:
+        a mirrored digit or text is another image, not the same one seen differently. For a
+        model trained without flips, TTA is a no-op (said once on stderr).
+        """
         import torch
         x = ((x_uint8.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        dims = [FLIP_DIMS[f] for f in self.tta_flips] if tta else []
+        if tta and not dims:
+            self._say_no_tta()
         with torch.inference_mode():
-            logits = self.model(x)
-            probs = self._activate(logits)
-            if tta:
-                probs = (probs + self._activate(self.model(torch.flip(x, dims=[3])))) / 2
+            probs = self._activate(self.model(x))
+            if dims:
+                for d in dims:
+                    probs = probs + self._activate(self.model(torch.flip(x, dims=[d])))
+                probs = probs / (1 + len(dims))
         return probs
+
+    def _say_no_tta(self) -> None:
+        if not self._told_no_tta:
+            print("note: --tta does nothing for this model: it was trained without flips, so "
+                  "there is no mirror to average with", file=sys.stderr)
+            self._told_no_tta = True
 
     def _activate(self, logits):
         return logits.sigmoid() if self.meta.multi_label else logits.softmax(dim=1)

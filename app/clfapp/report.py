@@ -70,16 +70,50 @@ def fmt(v) -> str:
     return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
+SINGLE_KEYS = ("n", "accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr")
+
+
+def split_note(split: str, multi_label: bool) -> str:
+    """Which split a run's figures were measured on, and what that means for trusting them."""
+    if split == "test":
+        return ("test split (held out: not trained on, nor used to choose the best epoch"
+                + (" or the thresholds" if multi_label else "") + ")")
+    return ("validation split (also used to choose the best epoch"
+            + (" and the thresholds" if multi_label else "") + ": optimistic)")
+
+
+def _on(m: dict) -> str:
+    """" (test split)" / " (validation split)" for a run's figures; "" where not recorded."""
+    return {"test": " (test split)", "valid": " (validation split)"}.get(m.get("split"), "")
+
+
+def _validation_section(m: dict, keys: tuple) -> list[str]:
+    """report.md lines for the validation figures of a run whose headline is its test split."""
+    v = m.get("valid")
+    if not v:
+        return []
+    before = v.get("at_0_5")
+    head = (["| metric | at 0.5 | at tuned thresholds |", "|---|---|---|"] if before
+            else ["| metric | value |", "|---|---|"])
+    rows = [f"| {k} | {fmt(before[k])} | {fmt(v[k])} |" if before else f"| {k} | {fmt(v[k])} |"
+            for k in keys]
+    return ["## Validation split", "",
+            "Also used to choose the best epoch" + (" and the thresholds" if before else "")
+            + ": optimistic.", "", *head, *rows, ""]
+
+
 def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: list[str] = ()) -> None:
-    """metrics.json, plots/confusion_matrix.png and report.md in `folder`."""
+    """metrics.json, plots/confusion_matrix.png and report.md in `folder` (plus a validation
+    section when `m` holds a run's validation figures under "valid")."""
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
     confusion_matrix_png(m["confusion_matrix"], classes, folder / "plots" / "confusion_matrix.png")
     lines = [f"# {title}", "", *extra,
              f"| metric | value |", "|---|---|",
-             *(f"| {k} | {fmt(m[k])} |" for k in ("n", "accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr")),
-             "", "## Per class", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|",
+             *(f"| {k} | {fmt(m[k])} |" for k in SINGLE_KEYS), "",
+             *_validation_section(m, SINGLE_KEYS),
+             f"## Per class{_on(m)}", "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|",
              *(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
                for c, v in m["per_class"].items()),
              "", "![confusion matrix](plots/confusion_matrix.png)", ""]
@@ -130,23 +164,28 @@ def write_multilabel_metrics(folder: Path, m: dict, title: str, extra: list[str]
         ["| metric | value |", "|---|---|"]
     rows = [f"| {k} | {fmt(before[k])} | {fmt(m[k])} |" if before else f"| {k} | {fmt(m[k])} |"
             for k in MULTI_KEYS]
-    lines = [f"# {title}", "", *extra, *head, *rows, "",
-             "## Per label", "", "| label | threshold | precision | recall | f1 | AP | support |",
+    lines = [f"# {title}", "", *extra, *head, *rows, "", *_validation_section(m, MULTI_KEYS),
+             f"## Per label{_on(m)}", "", "| label | threshold | precision | recall | f1 | AP | support |",
              "|---|---|---|---|---|---|---|",
              *(f"| {c} | {v['threshold']:.2f} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} "
                f"| {fmt(v['ap'])} | {v['support']} |" for c, v in m["per_label"].items()), ""]
     if freqs is not None:
         lines += ["## Label frequency per split", "", *frequency_table(freqs), ""]
     if search is not None:
-        lines += ["![metric against threshold](plots/thresholds.png)", ""]
+        lines += ["## Threshold search", "", "On the data the thresholds were tuned on"
+                  + (" (the validation split)." if m.get("split") else "."), "",
+                  "![metric against threshold](plots/thresholds.png)", ""]
     if (folder / "plots" / "curves.png").exists():
         lines.append("![training curves](plots/curves.png)\n")
     (folder / "report.md").write_text("\n".join(lines))
 
 
 def summary_line(m: dict) -> str:
+    """One line of headline figures; for a run, the split they were measured on."""
     if "f1_micro" in m:
-        return (f"f1_micro {fmt(m['f1_micro'])}  f1_macro {fmt(m['f1_macro'])}  "
+        line = (f"f1_micro {fmt(m['f1_micro'])}  f1_macro {fmt(m['f1_macro'])}  "
                 f"mAP {fmt(m['map'])}  subset_accuracy {fmt(m['subset_accuracy'])}  (n={m['n']})")
-    return (f"accuracy {fmt(m['accuracy'])}  f1_macro {fmt(m['f1_macro'])}  "
-            f"roc_auc {fmt(m['roc_auc_ovr'])}  (n={m['n']})")
+    else:
+        line = (f"accuracy {fmt(m['accuracy'])}  f1_macro {fmt(m['f1_macro'])}  "
+                f"roc_auc {fmt(m['roc_auc_ovr'])}  (n={m['n']})")
+    return line + (f" on the {m['split_note']}" if m.get("split_note") else "")

@@ -1,32 +1,25 @@
-"""Multi-label decision thresholds: search them on validation predictions for a chosen F1."""
+"""Multi-label decision thresholds: search them on labelled predictions for a chosen F1.
+
+The F1 searched is clfapp.metrics' (one definition): the score a search reports is the figure
+evaluate reports on the same predictions at the same thresholds. The thresholds fit the data
+they were searched on; figures on that same data are optimistic."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-METRICS = ("f1_micro", "f1_macro", "f1_samples")
+from . import metrics
+
+METRICS = metrics.F1_AVERAGES
 MODES = ("global", "per-label")
 GRID = np.round(np.arange(0.02, 0.981, 0.01), 2)
 
 
 def f1(y: np.ndarray, pred: np.ndarray, metric: str) -> float:
-    """F1 of boolean label matrices; `metric` is f1_micro, f1_macro or f1_samples.
-
-    An image with no true and no predicted label counts as a perfect sample (F1 = 1), as an
-    empty label set predicted correctly is a correct answer.
-    """
-    y, pred = y.astype(bool), pred.astype(bool)
-    tp = (y & pred).sum(axis=0 if metric != "f1_samples" else 1).astype(float)
-    fp = (~y & pred).sum(axis=0 if metric != "f1_samples" else 1).astype(float)
-    fn = (y & ~pred).sum(axis=0 if metric != "f1_samples" else 1).astype(float)
-    if metric == "f1_micro":
-        tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-        denom = 2 * tp + fp + fn
-        return float(2 * tp / denom) if denom else 1.0
-    denom = 2 * tp + fp + fn
-    scores = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
-    return float(scores.mean())
+    """F1 of boolean label matrices (f1_micro, f1_macro or f1_samples), as clfapp.metrics
+    defines it: the search maximises exactly the figure that evaluate and fit report."""
+    return metrics.f1(y, pred, metric)
 
 
 @dataclass
@@ -71,11 +64,10 @@ class Tuned:
 def tune(run, probs: np.ndarray, y: np.ndarray, metric: str, mode: str) -> Tuned:
     """Search thresholds on (probs, y) and store them in the run's bundle (model.json)."""
     from . import bundle
-    from .evaluate import multilabel_metrics
 
     meta = bundle.read_meta(run)
     found = search(probs, y, metric, mode)
     meta.thresholds = found.thresholds
     bundle.write_meta(run, meta)
-    return Tuned(found, multilabel_metrics(probs, y, meta.classes, 0.5),
-                 multilabel_metrics(probs, y, meta.classes, found.thresholds))
+    return Tuned(found, metrics.multi_label(probs, y, meta.classes, 0.5),
+                 metrics.multi_label(probs, y, meta.classes, found.thresholds))

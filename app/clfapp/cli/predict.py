@@ -15,7 +15,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default RUN/predict-N/predictions.csv|json).")] = None,
             fmt: Annotated[str, typer.Option("--format", help="csv | json.")] = "csv",
             top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
-            tta: Annotated[bool, typer.Option("--tta", help="Average with mirrored images.")] = False,
+            tta: Annotated[bool, typer.Option("--tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips.")] = False,
             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
     """Classify images with a trained model: label, probability and top-k per image

@@ -1,0 +1,123 @@
+"""Test-time augmentation mirrors only what training augmented with (model.json `tta_flips`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clfapp import bundle, images, models
+from clfapp.config import AugConfig
+from clfapp.predict import Predictor, tta_flips_for
+
+from conftest import COLOURS, TINY_ARCH, make_folder_dataset
+
+SIZE = 24
+
+
+def _bundle(folder: Path, tta_flips) -> Path:
+    """An untrained tiny model with non-trivial BatchNorm statistics, saved as a bundle."""
+    torch.manual_seed(0)
+    arch = models.resolve(TINY_ARCH)
+    model, _ = models.build(arch, len(COLOURS), 0.0, True)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, SIZE, SIZE))
+    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=SIZE, resize="squish",
+                             mean=list(arch.mean), std=list(arch.std), dropout=0.0,
+                             tta_flips=tta_flips)
+    bundle.save(folder / "model", model.eval(), meta)
+    return folder
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts its forward calls."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Every model bundle.load returns is wrapped in a CountingModel; the list collects them."""
+    made = []
+    original = bundle.load
+
+    def load(path):
+        model, meta = original(path)
+        made.append(CountingModel(model))
+        return made[-1], meta
+    monkeypatch.setattr(bundle, "load", load)
+    return made
+
+
+def test_flips_follow_the_training_augmentation():
+    assert tta_flips_for(AugConfig()) == ["horizontal"]
+    assert tta_flips_for(AugConfig(flip_vert=True)) == ["horizontal", "vertical"]
+    assert tta_flips_for(AugConfig(flip=False)) == []
+    assert tta_flips_for(AugConfig(flip=False, flip_vert=True)) == []   # fastai: no do_flip, no flips
+    assert tta_flips_for(AugConfig(enabled=False)) == []
+
+
+def test_fit_records_the_flips_it_trained_with(trained_run):
+    _, run = trained_run   # default augmentation: horizontal flips
+    assert json.loads((run / "model" / "model.json").read_text())["tta_flips"] == ["horizontal"]
+
+
+def test_bundle_from_before_tta_flips_keeps_the_horizontal_flip(tmp_path):
+    run = _bundle(tmp_path / "run", ["vertical"])
+    raw = json.loads((run / "model" / "model.json").read_text())
+    del raw["tta_flips"]
+    (run / "model" / "model.json").write_text(json.dumps(raw))
+    assert Predictor(run).tta_flips == ["horizontal"]
+
+
+def test_tta_on_a_model_trained_without_flips_is_a_no_op(cli, tmp_path, counted):
+    data = make_folder_dataset(tmp_path / "imgs", n_per_class=3, size=SIZE)   # 9 images
+    run = _bundle(tmp_path / "run", [])
+    r = cli("predict", run, data, "--out", tmp_path / "plain.csv", "--bs", "4")
+    assert r.exit_code == 0, r.output
+    assert counted[-1].calls == 3                         # ceil(9 / 4) batches
+    r = cli("predict", run, data, "--out", tmp_path / "tta.csv", "--bs", "4", "--tta")
+    assert r.exit_code == 0, r.output
+    assert counted[-1].calls == 3                         # still one call per batch
+    assert r.stderr.count("--tta does nothing") == 1      # said once, not per batch
+    plain, tta = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "tta.csv")
+    pd.testing.assert_frame_equal(plain, tta, check_exact=True)
+
+    predictor = Predictor(run)
+    paths = [str(p) for p in sorted(data.rglob("*.png"))]
+    a, _ = predictor.probabilities(paths, bs=4)
+    b, _ = predictor.probabilities(paths, bs=4, tta=True)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("flips", [["horizontal"], ["horizontal", "vertical"]])
+def test_tta_averages_over_exactly_the_trained_mirrors(tmp_path, counted, flips):
+    data = make_folder_dataset(tmp_path / "imgs", n_per_class=2, size=(30, 20))
+    paths = [str(p) for p in sorted(data.rglob("*.png"))]
+    run = _bundle(tmp_path / "run", flips)
+    got, kept = Predictor(run).probabilities(paths, tta=True, bs=4)
+    assert list(kept) == list(range(len(paths)))
+    assert counted[-1].calls == 2 * (1 + len(flips))      # 2 batches, each seen 1 + flips times
+
+    # computed independently: decode, normalise, the raw model on each view, softmax, mean
+    model, meta = counted[-1].inner, bundle.read_meta(run)
+    pixels = np.stack([images.read_image(p, meta.size, meta.resize) for p in paths])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
+    views = [x] + [x.flip(3 if f == "horizontal" else 2) for f in flips]
+    with torch.no_grad():
+        outs = [model(v).softmax(1).numpy() for v in views]
+    np.testing.assert_allclose(got, np.mean(outs, axis=0), atol=1e-5)
+    # the mirrors matter: without them the answer is measurably different
+    assert not np.allclose(outs[0], np.mean(outs, axis=0), atol=1e-4)
