@@ -357,7 +357,7 @@ def test_splits_csv_written_by_fit_has_every_item(cli, tmp_path, monkeypatch, ti
     root = tmp_path / "data" / "split"
     make_folder_dataset(root / "train", n_per_class=8)
     make_folder_dataset(root / "test", n_per_class=2)
-    result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s", "--seed", "5")
+    result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s", "--split-seed", "5")
     assert result.exit_code == 0, result.output
     df = pd.read_csv(tmp_path / "runs" / "s" / "splits.csv", dtype=str)
     assert list(df.columns[:3]) == ["path", "label", "split"]
@@ -376,7 +376,7 @@ def test_splits_csv_written_by_fit_has_every_item(cli, tmp_path, monkeypatch, ti
     want = splits.stratified(pool["label"].reset_index(drop=True), rel, 0.2, 5)
     assert ((pool["split"] == "valid").to_numpy() == want).all()
     # the same seed gives the same split: a second run agrees item for item
-    result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s2", "--seed", "5")
+    result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s2", "--split-seed", "5")
     assert result.exit_code == 0, result.output
     df2 = pd.read_csv(tmp_path / "runs" / "s2" / "splits.csv", dtype=str)
     assert df.sort_values("path").reset_index(drop=True).equals(

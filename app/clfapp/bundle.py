@@ -34,6 +34,10 @@ class BundleMeta:
     label_delim: str = " "
     interpolation: str = "bicubic"
     pretrained_from: str = ""
+    tta_flips: list[str] | None = None
+    """Mirrors test-time augmentation may average over ("horizontal", "vertical"): those the
+    model was trained with. [] = trained without flips (TTA is a no-op). None = a bundle from
+    before this field: TTA keeps its old behaviour, a horizontal flip."""
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT
@@ -62,10 +66,25 @@ def save(folder: Path, model, meta: BundleMeta) -> Path:
     meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     save_model(model, str(tmp / WEIGHTS))
     (tmp / META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    _swap_in(tmp, folder)
     return folder
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Put the finished folder `new` at `folder`. A bundle already there stays whole until the
+    new one is in place: it is renamed aside (one rename), the new one renamed in, then the old
+    one deleted. Killed in between, `folder.old` holds the previous bundle."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    try:
+        os.replace(new, folder)
+    except OSError:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)  # put the previous bundle back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def find(path: Path) -> Path:
@@ -83,12 +102,22 @@ def read_meta(path: Path) -> BundleMeta:
     folder = find(path)
     try:
         raw = json.loads((folder / META).read_text())
-        meta = BundleMeta(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{folder / META} is not valid JSON: {e}")
+    if not isinstance(raw, dict):
+        raise UsageError(f"{folder / META} is not a clfapp model description (not a JSON object)")
+    # The format number first: a newer bundle may have fields this version does not know, and
+    # "upgrade clfapp" is the useful answer then, not "unexpected field".
+    version = raw.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UsageError(f"{folder / META} has an invalid format number {version!r}")
+    if version > FORMAT:
+        raise UsageError(f"{folder} was written by a newer clfapp (bundle format {version}; this "
+                         f"clfapp reads up to {FORMAT}); upgrade clfapp")
+    try:
+        return BundleMeta(**raw)
+    except TypeError as e:
         raise UsageError(f"{folder / META} is not a valid clfapp model description: {e}")
-    if meta.format > FORMAT:
-        raise UsageError(f"{folder} was written by a newer clfapp (format {meta.format}); upgrade clfapp")
-    return meta
 
 
 def load(path: Path):

@@ -1,4 +1,11 @@
-"""fastai callbacks clfapp adds to every fit: results.csv rows, best-epoch keeping, CPU bf16."""
+"""fastai callbacks clfapp adds to every fit: results.csv rows, best-epoch keeping, stopping on a
+non-finite loss, CPU bf16.
+
+Order matters at the end of an epoch: fastai's Recorder (50) collects the epoch's figures, then
+ResultsCSV (55) writes them and KeepBest (56) copies the weights, and only then may
+EarlyStoppingCallback (60) or StopOnNonFinite (57) cancel the fit: the epoch that stops a run is
+still in results.csv and still a candidate for best.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,9 +13,11 @@ import csv
 import time
 from pathlib import Path
 
+import math
+
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TrackerCallback
 
 
@@ -17,7 +26,7 @@ class ResultsCSV(Callback):
 
     Epochs are numbered across fine_tune's frozen and unfrozen phases.
     """
-    order = 70  # after the Recorder and the trackers have seen the epoch
+    order = 55  # after the Recorder (50), before anything that may cancel the fit (60)
 
     def __init__(self, path: Path):
         self.path, self.epoch_total, self.header = Path(path), 0, None
@@ -47,18 +56,28 @@ class ResultsCSV(Callback):
         self.epoch_total += 1
 
 
+def epoch_is_finite(recorder) -> bool:
+    """False when the epoch's losses or metrics hold NaN or inf (e.g. a diverged bf16 run):
+    its accuracy may still look like a number (argmax of NaN logits), so it is never a best."""
+    return all(math.isfinite(float(v)) for v in recorder.values[-1])
+
+
 class KeepBest(TrackerCallback):
     """Hold a copy of the weights of the best epoch by `monitor`, across several fits.
 
-    `restore(model)` puts them back: the run ends with its best epoch, also after Ctrl-C.
+    `restore(model)` puts them back: the run ends with its best epoch, also after Ctrl-C, an
+    error or a NaN loss. An epoch with a non-finite loss or metric is never the best.
     """
-    order = TrackerCallback.order + 1
+    order = 56
 
     def __init__(self, monitor: str = "accuracy"):
         super().__init__(monitor=monitor, reset_on_fit=False)
         self.state, self.best_epoch, self.seen = None, None, 0
 
     def after_epoch(self):
+        if not epoch_is_finite(self.recorder):
+            self.seen += 1
+            return
         super().after_epoch()
         if self.new_best:
             self.state = copy.deepcopy(self.learn.model.state_dict())
@@ -69,6 +88,34 @@ class KeepBest(TrackerCallback):
         """Load the best weights into `model` (fastai detaches callbacks after fit)."""
         if self.state is not None:
             model.load_state_dict(self.state)
+
+
+class StopOnNonFinite(Callback):
+    """Stop the fit when a training loss or an epoch's validation figures become NaN or inf.
+
+    Training on would only burn time: the weights are already ruined. `reason` says where it
+    happened; the caller keeps the best finite epoch (KeepBest).
+    """
+    order = 57
+
+    def __init__(self):
+        self.reason = ""
+
+    def before_fit(self):
+        self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
+
+    def after_batch(self):
+        if self.training and not torch.isfinite(self.learn.loss).all():
+            self.reason = (f"the training loss became {float(self.learn.loss)} in epoch "
+                           f"{self.learn.epoch} (batch {self.learn.iter})")
+            raise CancelFitException()
+
+    def after_epoch(self):
+        if not epoch_is_finite(self.recorder):
+            names = self.recorder.metric_names[1:-1]
+            bad = [n for n, v in zip(names, self.recorder.values[-1]) if not math.isfinite(float(v))]
+            self.reason = f"{', '.join(bad)} became non-finite in epoch {self.learn.epoch}"
+            raise CancelFitException()
 
 
 class CPUBFloat16(Callback):
@@ -104,13 +151,34 @@ class CPUBFloat16(Callback):
         self.autocast = None
 
 
+FAST_BF16_FLAGS = {"amx_bf16", "avx512_bf16"}   # /proc/cpuinfo names of the same units
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix units (AMX or AVX512-BF16)."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+    """True on CPUs with native bf16 matrix units (AMX or AVX512-BF16).
+
+    Newer torch asks the CPU itself (torch.cpu._is_amx_tile_supported, ...); torch 2.4, the
+    declared floor, has neither function, so there the kernel's CPU flags decide (Linux), and
+    elsewhere the answer is False: fp32, slower but never wrong.
+    """
+    checks = [getattr(torch.cpu, c, None) for c in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    checks = [c for c in checks if c is not None]
+    if checks:
+        return any(c() for c in checks)
+    return bool(cpu_flags() & FAST_BF16_FLAGS)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def bf16_enabled(precision: str) -> bool:
+    """bf16 autocast on a CPU: when asked for, or ("auto") when the CPU has bf16 units."""
     if precision == "fp32" or torch.cuda.is_available():
         return False
     return precision == "bf16" or cpu_has_fast_bf16()

@@ -31,6 +31,13 @@ class DataConfig:
     """auto (folders if present, else stratified; iterative for multi-label) | folder |
     stratified | iterative | random."""
     valid_pct: float = 0.2
+    seed: int = 42
+    """Seed of the train/valid split, apart from train.seed: runs trained with different seeds
+    (an ensemble's members) then share one split, and none trains on another's validation
+    images."""
+    splits_from: str = ""
+    """A run folder (or its splits.csv) whose train/valid/test assignment this run reuses, item
+    by item (matched by path); items it does not list are split by the usual rule."""
     size: int = 224
     """Square input size in pixels."""
     resize: str = "squish"

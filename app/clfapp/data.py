@@ -267,8 +267,10 @@ def load(cfg: Config) -> Dataset:
     items = scan(cfg.data)
     y = (label_matrix(items["labels"], classes_of(items, cfg.data.label_delim), cfg.data.label_delim)
          if is_multi_label(items) else None)
-    items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.train.seed, y,
+    items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.data.seed, y,
                           root=dataset_root(cfg.data))
+    if cfg.data.splits_from:
+        items = splits.reuse(items, cfg.data.splits_from)
     used = items[items["split"] != "test"].reset_index(drop=True)
     pixels, kept = images.read_many(used["path"].tolist(), cfg.data.size, cfg.data.resize)
     if len(kept) < len(used):
@@ -321,5 +323,11 @@ def dataloaders(ds: Dataset, cfg: Config, stats: tuple):
         # The splitter indexes into `order`, whose tail is the validation items.
         splitter=IndexSplitter(np.arange(len(train_idx), len(order))),
         batch_tfms=batch_tfms)
-    return block.dataloaders(order.tolist(), bs=cfg.train.bs, num_workers=cfg.train.workers,
+    # fastai drops the last partial training batch: with fewer images than a batch, an epoch
+    # would train on nothing (and report a NaN loss).
+    bs = min(cfg.train.bs, len(train_idx))
+    if bs < cfg.train.bs:
+        print(f"note: train.bs {cfg.train.bs} is more than the {len(train_idx)} training images; "
+              f"using batches of {bs}", flush=True)
+    return block.dataloaders(order.tolist(), bs=bs, num_workers=cfg.train.workers,
                              seed=cfg.train.seed)

@@ -159,6 +159,39 @@ def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
     return items
 
 
+def recorded(source: str | Path) -> pd.Series:
+    """The split of every item a run recorded: path → train/valid/test, from a run folder's
+    splits.csv (or the CSV itself)."""
+    path = Path(source)
+    csv = path / "splits.csv" if path.is_dir() else path
+    if not csv.is_file():
+        raise UsageError(f"data.splits_from: {csv} not found (give a run folder holding "
+                         "splits.csv, or the CSV itself)")
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    if not {"path", "split"} <= set(df.columns):
+        raise UsageError(f"data.splits_from: {csv} has no path and split columns")
+    return df.drop_duplicates("path").set_index("path")["split"]
+
+
+def reuse(items: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """`items` with the train/valid/test assignment recorded in `source` wherever it lists an
+    item (matched by absolute path); the others keep the split `assign` gave them (said on
+    stderr). So a second model (an ensemble member, a distilled student) validates on exactly
+    the images the first one never trained on."""
+    given = recorded(source)
+    items = items.copy()
+    found = items["path"].map(given)
+    listed = found.notna() & found.isin(["train", "valid", "test"])
+    if not listed.any():
+        raise UsageError(f"data.splits_from: none of this dataset's images is listed in {source}; "
+                         "was that run trained on other data?")
+    items.loc[listed, "split"] = found[listed]
+    if (~listed).any():
+        print(f"note: {int((~listed).sum())} image(s) not listed in {source} were split by the "
+              "usual rule", file=sys.stderr)
+    return items
+
+
 def label_frequencies(y: np.ndarray, split: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """Each label's frequency (% of images) in each split: label x split."""
     parts = [p for p in ("train", "valid", "test") if (split == p).any()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,8 +35,12 @@ class FitResult:
     metrics: dict
     best_epoch: int | None
     seconds: float
-    interrupted: bool
+    stopped: str      # "" when training ran to its end; else interrupted, terminated, failed, diverged
     lr: float
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped in ("interrupted", "terminated")
 
 
 @dataclass
@@ -53,15 +58,21 @@ def prepare_data_path(cfg: Config) -> None:
 
 
 def _metrics(multi_label: bool):
-    """Validation metrics shown each epoch (multi-label ones at threshold 0.5)."""
-    from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
-    if not multi_label:
-        f1 = F1Score(average="macro")
-        f1._name = "f1_macro"
-        return [accuracy, f1]
-    micro, macro = F1ScoreMulti(average="micro"), F1ScoreMulti(average="macro")
-    micro._name, macro._name = "f1_micro", "f1_macro"
-    return [accuracy_multi, micro, macro]
+    """Validation metrics shown each epoch, in results.csv and watched by `train.monitor`.
+
+    Each accumulates the whole validation set's probabilities (softmax, or sigmoid decided at
+    0.5) and calls clfapp.metrics, so an epoch's figure is the one `clfapp evaluate` reports
+    for the same weights (fastai's own metrics differ on absent classes and empty sets).
+    """
+    from functools import partial
+
+    from fastai.metrics import AccumMetric, ActivationType
+
+    from . import metrics
+    act = ActivationType.Sigmoid if multi_label else ActivationType.Softmax
+    return [AccumMetric(partial(metrics.epoch_score, name=name, multi_label=multi_label),
+                        dim_argmax=-1, activation=act, flatten=False, to_np=True, name=name)
+            for name in metrics.EPOCH_METRICS[multi_label]]
 
 
 def _mixing_callbacks(aug) -> list:
@@ -139,15 +150,58 @@ def find_lr(learn, folder: Path) -> dict:
     return figures
 
 
+@dataclass
+class Stop:
+    """How training ended early: "" (it did not), interrupted, terminated, failed, diverged."""
+    how: str = ""
+    message: str = ""
+    error: Exception | None = None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during fit: handled like Ctrl-C (the best epoch so far is saved)."""
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM (a scheduler's kill, `timeout`) into `Terminated` while training runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_vocab(learn, ds: data.Dataset) -> None:
+    """The learner's output order must be the classes the bundle will name: a mismatch would
+    silently permute every prediction (fastai sorts a vocab unless told not to)."""
+    vocab = [str(c) for c in learn.dls.vocab]
+    if vocab != [str(c) for c in ds.classes]:
+        raise RuntimeError(f"internal error: the learner's classes {vocab[:6]} differ from the "
+                           f"dataset's {ds.classes[:6]}; refusing to save a permuted model")
+
+
 def fit(cfg: Config, folder: Path) -> FitResult:
-    """Train per `cfg` into `folder`; Ctrl-C stops training and still saves the best epoch."""
+    """Train per `cfg` into `folder`. Whatever ends training early (Ctrl-C, SIGTERM, an error,
+    a NaN or inf loss) still leaves the best epoch so far saved as a bundle, with the run
+    folder's metrics and report consistent with it, and the result says how it ended."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
-    from .callbacks import CPUBFloat16, KeepBest, ResultsCSV
+    from .callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite
 
     t0 = time.perf_counter()
     (folder / "config.toml").write_text(config.dumps(cfg))
     prep = prepare(cfg, folder)
+    _check_vocab(prep.learn, prep.dataset)
     learn, t = prep.learn, cfg.train
     lr = t.lr
     if lr == "auto":
@@ -156,42 +210,63 @@ def fit(cfg: Config, folder: Path) -> FitResult:
         cfg = replace(cfg, train=replace(t, lr=lr))
         (folder / "config.toml").write_text(config.dumps(cfg))
     monitor = monitor_name(t.monitor, prep.dataset.multi_label)
-    keep = KeepBest(monitor)
-    cbs = [ResultsCSV(folder / "results.csv"), keep]
+    keep, nan_guard = KeepBest(monitor), StopOnNonFinite()
+    cbs = [ResultsCSV(folder / "results.csv"), keep, nan_guard]
     if t.early_stop:
         cbs.append(EarlyStoppingCallback(monitor=monitor, patience=t.early_stop, reset_on_fit=False))
-    interrupted = False
+    stop = Stop()
     try:
-        if prep.weights_source and t.freeze_epochs:
-            learn.fine_tune(t.epochs, base_lr=lr, freeze_epochs=t.freeze_epochs, cbs=cbs)
-        else:
-            learn.unfreeze()
-            learn.fit_one_cycle(t.epochs + (0 if prep.weights_source else t.freeze_epochs), lr, cbs=cbs)
+        with _sigterm_as_interrupt():
+            if prep.weights_source and t.freeze_epochs:
+                learn.fine_tune(t.epochs, base_lr=lr, freeze_epochs=t.freeze_epochs, cbs=cbs)
+            else:
+                learn.unfreeze()
+                learn.fit_one_cycle(t.epochs + (0 if prep.weights_source else t.freeze_epochs), lr, cbs=cbs)
+    except Terminated:
+        stop = Stop("terminated", "terminated (SIGTERM)")
     except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: saving the best epoch so far")
+        stop = Stop("interrupted", "interrupted (Ctrl-C)")
+    except Exception as e:  # noqa: BLE001 (saved below, then raised again)
+        stop = Stop("failed", f"failed: {type(e).__name__}: {e}", e)
+    if nan_guard.reason and not stop.how:
+        stop = Stop("diverged", f"stopped: {nan_guard.reason}")
+    if stop.how:
         for cb in learn.cbs.filter(lambda c: isinstance(c, CPUBFloat16)):
-            cb.close()
+            cb.close()  # a batch cut short leaves autocast on
+        print(f"\ntraining {stop.message}", flush=True)
     if keep.state is None:
-        if interrupted:
-            return FitResult(folder, {}, None, time.perf_counter() - t0, True, lr)
+        if stop.error is not None:
+            raise stop.error
+        if stop.how:
+            print("no epoch had finished: nothing to save", flush=True)
+            return FitResult(folder, {}, None, time.perf_counter() - t0, stop.how, lr)
         raise RuntimeError("training finished no epoch")
     keep.restore(learn.model)
-    return _finish(cfg, prep, folder, keep, lr, t0, interrupted)
+    result = _finish(cfg, prep, folder, keep, lr, t0, stop.how)
+    if stop.how:
+        print(f"the best epoch so far ({keep.best_epoch}) is saved in {folder / 'model'}", flush=True)
+    if stop.error is not None:
+        raise stop.error
+    return result
 
 
-def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, interrupted: bool) -> FitResult:
-    """Save the bundle, then measure it on the validation split, as `clfapp evaluate` would;
-    multi-label runs also get their thresholds searched and stored in the bundle."""
+def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopped: str = "") -> FitResult:
+    """Save the bundle, then measure it as `clfapp evaluate` would; multi-label runs also get
+    their thresholds searched and stored in the bundle.
+
+    The best epoch and the thresholds were chosen on the validation split, so its figures are
+    optimistic; with a held-out test split the headline figures (top level of metrics.json,
+    report.md, the summary) are the saved bundle's on it, and validation moves under "valid".
+    """
     from . import thresholds
-    from .predict import Predictor
+    from .predict import Predictor, tta_flips_for
 
     learn, ds = prep.learn, prep.dataset
     meta = bundle.BundleMeta(
         arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
         mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
         concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
-        multi_label=ds.multi_label, label_delim=ds.delim)
+        multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug))
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid = ds.indices("valid")
     probs = Predictor(folder).probabilities_of(ds.pixels[valid])
@@ -202,21 +277,29 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, inter
     seconds = time.perf_counter() - t0
     summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
                f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
-               + (" (interrupted)" if interrupted else "") + ".")
-    run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1), interrupted=interrupted)
+               + (f" (training {stopped} early)" if stopped else "") + ".")
+    run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
+                    interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
     if ds.multi_label:
         tuned = thresholds.tune(folder, probs, y, cfg.thresholds.metric, cfg.thresholds.mode)
-        m = dict(tuned.after, **run_info)
-        print(f"thresholds ({cfg.thresholds.mode}, {cfg.thresholds.metric}): "
+        print(f"thresholds ({cfg.thresholds.mode}, {cfg.thresholds.metric}) on the validation split: "
               f"{tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f}")
-        report.write_multilabel_metrics(folder, m, f"Run {folder.name}", before=tuned.before,
-                                        search=tuned.search, freqs=label_frequencies(ds),
-                                        extra=[summary, "", "Validation split:", ""])
+        valid_m, valid_before = tuned.after, tuned.before
     else:
-        m = dict(evaluate.metrics(probs, y, ds.classes), **run_info)
-        report.write_metrics(folder, m, ds.classes, f"Run {folder.name}",
-                             extra=[summary, "", "Validation split:", ""])
-    return FitResult(folder, m, keep.best_epoch, seconds, interrupted, lr)
+        valid_m, valid_before = evaluate.metrics(probs, y, ds.classes), None
+    test = evaluate.held_out(folder, ds.items)  # (at the bundle's thresholds, at 0.5) or None
+    split = "test" if test else "valid"
+    head, before = test if test else (valid_m, valid_before)
+    m = dict(head, **run_info, split=split, split_note=report.split_note(split, ds.multi_label))
+    if test:
+        m["valid"] = dict(valid_m, at_0_5=valid_before) if valid_before else valid_m
+    extra = [summary, "", f"Measured on the {m['split_note']}.", ""]
+    if ds.multi_label:
+        report.write_multilabel_metrics(folder, m, f"Run {folder.name}", before=before,
+                                        search=tuned.search, freqs=label_frequencies(ds), extra=extra)
+    else:
+        report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=extra)
+    return FitResult(folder, m, keep.best_epoch, seconds, stopped, lr)
 
 
 def _contiguous(model):

@@ -52,7 +52,9 @@ Size = Annotated[Optional[int], typer.Option("--size", help="Input size in pixel
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Epochs after the frozen ones (train.epochs).")]
 Bs = Annotated[Optional[int], typer.Option("--bs", help="Batch size (train.bs).")]
 Lr = Annotated[Optional[str], typer.Option("--lr", help="Learning rate, or 'auto' for the LR finder's valley (train.lr).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for split and training (train.seed).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for training (train.seed); the split has its own (--split-seed).")]
+SplitSeed = Annotated[Optional[int], typer.Option("--split-seed", help="Seed of the train/valid split (data.seed).")]
+SplitsFrom = Annotated[Optional[str], typer.Option("--splits-from", help="Reuse this run's train/valid split, item by item (data.splits_from).")]
 Name = Annotated[Optional[str], typer.Option("--name", help="Run folder name under runs/ (default: RECIPE-N).")]
 Weights = Annotated[Optional[str], typer.Option("--weights", help="Pretrained backbone weights file (model.weights).")]
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from pretrained weights (model.pretrained).")]
@@ -60,13 +62,15 @@ Set = Annotated[Optional[list[str]], typer.Option("--set", help="Any config valu
 
 
 def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs=None, lr=None,
-                   seed=None, weights=None, pretrained=None, sets=None):
+                   seed=None, weights=None, pretrained=None, sets=None, split_seed=None,
+                   splits_from=None):
     """Recipe file + command-line overrides → one validated Config."""
     from .. import config, recipes
 
     name, path = recipes.find(recipe)
     # A dataset given on the command line replaces the recipe's, embedded sample included.
-    flags = {"data": {"path": data, "size": size, "sample": "" if data else None},
+    flags = {"data": {"path": data, "size": size, "sample": "" if data else None,
+                      "seed": split_seed, "splits_from": splits_from},
              "model": {"arch": arch, "weights": weights, "pretrained": pretrained},
              "train": {"epochs": epochs, "bs": bs, "lr": lr, "seed": seed}}
     overrides = {s: {k: v for k, v in t.items() if v is not None} for s, t in flags.items()}

@@ -12,28 +12,36 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
         size: common.Size = None, epochs: common.Epochs = None, bs: common.Bs = None,
         lr: common.Lr = None, seed: common.Seed = None, name: common.Name = None,
         weights: common.Weights = None, pretrained: common.Pretrained = None,
+        split_seed: common.SplitSeed = None, splits_from: common.SplitsFrom = None,
         set_: common.Set = None):
     """Train a classifier from RECIPE (with overrides) into a new run folder runs/RECIPE-N.
 
     Fine-tunes a pretrained backbone with one-cycle schedules (or trains from scratch), keeps
     the best epoch, and writes config.toml, splits.csv, results.csv, metrics.json, report.md,
-    plots/ and the model bundle (model/) into the run folder. Ctrl-C saves the best epoch so far.
+    plots/ and the model bundle (model/) into the run folder. Whatever stops training early
+    (Ctrl-C: exit 130, SIGTERM: 143, a NaN/inf loss or an error: 1) still saves the best epoch so far.
     """
     from .. import runs, train
 
-    cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_)
+    cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_,
+                                split_seed, splits_from)
     folder = runs.new_folder(runs.RUNS_DIR, cfg.recipe, name)
     common.echo(f"run folder: {folder}")
     try:
         result = train.fit(cfg, folder)
     except common.UsageError:
-        shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
+        if not (folder / "model").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
         raise
     if not result.metrics:
-        common.echo(f"interrupted before the first epoch ended; nothing to save in {folder}")
-        raise typer.Exit(common.EXIT_INTERRUPTED)
+        common.echo(f"training {result.stopped} before the first epoch ended; nothing to save in {folder}")
+        raise typer.Exit(EXIT_CODES[result.stopped])
     from ..report import summary_line
     common.echo(f"\n{folder}: {summary_line(result.metrics)}")
     common.echo(f"best epoch {result.best_epoch}, {result.seconds:.0f} s; model in {folder / 'model'}")
-    if result.interrupted:
-        raise typer.Exit(common.EXIT_INTERRUPTED)
+    if result.stopped:
+        raise typer.Exit(EXIT_CODES[result.stopped])
+
+
+# How `fit` exits when training ended early (the best epoch is saved in every case).
+EXIT_CODES = {"interrupted": common.EXIT_INTERRUPTED, "terminated": 128 + 15, "diverged": 1}
