@@ -1,0 +1,170 @@
+"""optim.py: adam and sgd step as fastai's Adam and SGD do, through a real fastai Learner.
+
+The do_wd flags that exempt normalization and bias parameters from weight decay are set by the
+Learner (wd_bn_bias=False) when it creates the optimizer, so every test trains through
+`Learner(..., opt_func=optim.make(name), wd=...)` as train.py does.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn as nn
+
+from clfapp import optim
+
+LR, WD = 0.01, 0.1
+
+
+def _model() -> nn.Sequential:
+    """body (conv with bias, BN, conv, BN) + head (BN1d, linear with bias): every kind of
+    parameter fastai's wd_bn_bias and freeze treat differently."""
+    torch.manual_seed(0)
+    # a ReLU after each bias: a bias followed straight by a conv and BN gets a ~0 gradient
+    # (BN cancels a constant shift), and Adam's normalised step of rounding noise is noise
+    body = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.ReLU(), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    return nn.Sequential(body, head)
+
+
+def _learner(opt_func, cbs=()):
+    """A Learner as train.py builds one (opt_func, two-group splitter, wd), on one fixed batch
+    of 8 so that each epoch is exactly one optimizer step."""
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.vision.learner import default_split
+
+    g = torch.Generator().manual_seed(1)
+    ds = list(zip(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)))
+    dls = DataLoaders.from_dsets(ds, ds, bs=8, shuffle=False, drop_last=False, device="cpu")
+    learn = Learner(dls, _model(), loss_func=CrossEntropyLossFlat(), opt_func=opt_func,
+                    splitter=default_split, wd=WD, cbs=list(cbs))
+    return learn
+
+
+def _fit(learn, steps: int) -> None:
+    import fastai.callback.progress  # noqa: F401  (adds no_bar, as train.py's import does)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(steps, lr=LR)   # constant lr: fit() without a schedule
+
+
+def _snapshot(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class ZeroGrads:
+    """A callback factory: gradients present but zero at every step, so Adam's own update is
+    exactly zero and only weight decay can move a parameter."""
+
+    def __new__(cls):
+        from fastai.callback.core import Callback
+
+        class _Zero(Callback):
+            def before_step(self):
+                for p in self.learn.model.parameters():
+                    if p.grad is not None:
+                        p.grad.zero_()
+        return _Zero()
+
+
+class RecordGrads:
+    """A callback factory recording every parameter's gradient at each step."""
+
+    def __new__(cls, store: list):
+        from fastai.callback.core import Callback
+
+        class _Record(Callback):
+            def before_step(self):
+                store.append({n: (p.grad.detach().clone() if p.grad is not None else None)
+                              for n, p in self.learn.model.named_parameters()})
+        return _Record()
+
+
+# names in _model(): 0.0 conv+bias, 0.2 BN, 0.4 conv, 0.5 BN; head 1.2 BN1d, 1.3 linear+bias
+DECAYED = ("0.0.weight", "0.4.weight", "1.3.weight")
+EXEMPT = ("0.0.bias", "0.2.weight", "0.2.bias", "0.5.weight", "0.5.bias",
+          "1.2.weight", "1.2.bias", "1.3.bias")
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_decay_skips_norm_and_bias_and_is_exact(name):
+    """Zero gradients: conv/linear weights shrink by exactly (1 - lr*wd), norm and bias
+    parameters do not move at all (fastai's wd_bn_bias=False)."""
+    learn = _learner(optim.make(name), cbs=[ZeroGrads()])
+    before = _snapshot(learn.model)
+    _fit(learn, 1)
+    after = _snapshot(learn.model)
+    assert set(DECAYED) | set(EXEMPT) == set(before)
+    for n in DECAYED:
+        assert torch.equal(after[n], before[n] * (1 - LR * WD)), n
+    for n in EXEMPT:
+        assert torch.equal(after[n], before[n]), n
+
+
+def test_sgd_decay_is_decoupled_not_l2():
+    """Two real steps by hand, fastai's SGD rule: p <- p(1 - lr wd); buf <- 0.9 buf + g;
+    p <- p - lr buf. Coupled L2 (torch's SGD weight_decay) agrees at step 1 but not at step 2,
+    where the momentum buffer would carry wd*p; the test checks that it would have failed."""
+    grads: list = []
+    learn = _learner(optim.make("sgd"), cbs=[RecordGrads(grads)])
+    p0 = _snapshot(learn.model)
+    _fit(learn, 2)
+    p2 = _snapshot(learn.model)
+    assert len(grads) == 2
+    for n in DECAYED + EXEMPT:
+        wd = WD if n in DECAYED else 0.0
+        g1, g2 = grads[0][n], grads[1][n]
+        p1 = p0[n] * (1 - LR * wd) - LR * g1
+        ours = p1 * (1 - LR * wd) - LR * (0.9 * g1 + g2)
+        torch.testing.assert_close(p2[n], ours, rtol=1e-6, atol=1e-7, msg=n)
+        if wd:
+            l2_buf = 0.9 * (g1 + wd * p0[n]) + g2 + wd * p1
+            l2 = p1 - LR * l2_buf
+            assert not torch.allclose(p2[n], l2, rtol=1e-6, atol=1e-7), n
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_same_steps_as_fastais_own_optimizer(name):
+    """Three real steps agree with fastai's pure-Python Adam / SGD (decoupled wd, do_wd)."""
+    from fastai.optimizer import SGD, Adam
+
+    reference = {"adam": partial(Adam, mom=0.9, sqr_mom=0.99, eps=1e-5),
+                 "sgd": partial(SGD, mom=0.9)}[name]
+    ours, theirs = _learner(optim.make(name)), _learner(reference)
+    start = _snapshot(ours.model)
+    _fit(ours, 3)
+    _fit(theirs, 3)
+    a, b = _snapshot(ours.model), _snapshot(theirs.model)
+    for n in a:
+        assert not torch.equal(a[n], start[n]), n   # every parameter trained
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_freeze_steps_only_the_head_and_the_norm_layers(name):
+    """freeze() (fine_tune's first phase): the body's conv weights and bias stay put, its BN
+    layers train (fastai's train_bn), and every head parameter moves."""
+    learn = _learner(optim.make(name))
+    learn.freeze()
+    before = _snapshot(learn.model)
+    _fit(learn, 1)
+    after = _snapshot(learn.model)
+    for n in ("0.0.weight", "0.0.bias", "0.4.weight"):
+        assert torch.equal(after[n], before[n]), n
+    for n in ("0.2.weight", "0.2.bias", "0.5.weight", "0.5.bias",
+              "1.2.weight", "1.2.bias", "1.3.weight", "1.3.bias"):
+        assert not torch.equal(after[n], before[n]), n
+
+
+def test_wd_is_a_fastai_hyper_and_torch_wd_stays_zero():
+    """The schedulers and Learner.fit set `wd` per group; torch's own weight_decay must stay 0
+    (else AdamW would decay norm/bias weights too and SGD would add L2)."""
+    learn = _learner(optim.make("sgd"))
+    learn.create_opt()
+    learn.opt.set_hypers(wd=0.25)
+    assert [h["wd"] for h in learn.opt.hypers] == [0.25, 0.25]
+    assert all(pg["weight_decay"] == 0 for pg in learn.opt.opt.param_groups)
+    assert [h["mom"] for h in learn.opt.hypers] == [0.9, 0.9]
