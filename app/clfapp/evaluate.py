@@ -50,19 +50,25 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
 
 def measure(predictor, items, tta: bool = False, bs: int = 64, threshold: float | None = None):
     """(metrics, probs, truth) of `predictor` on labelled `items`; unreadable images skipped."""
+    probs, kept = predictor.probabilities(items["path"].tolist(), tta=tta, bs=bs)
+    m, y = score(probs, items.iloc[kept], predictor.meta, threshold)
+    return m, probs, y
+
+
+def score(probs, items, meta, threshold: float | None = None):
+    """(metrics, truth) of probabilities `probs` for labelled `items` (rows aligned), for a
+    model described by `meta` (classes, multi_label, thresholds, label_delim)."""
     from . import data
     from .predict import decision_thresholds
 
-    meta = predictor.meta
-    probs, kept = predictor.probabilities(items["path"].tolist(), tta=tta, bs=bs)
     if meta.multi_label:
         if "labels" not in items.columns:
             from .errors import UsageError
             raise UsageError("this is a multi-label model; give data with a labels column")
-        y = data.label_matrix(items["labels"].iloc[kept], meta.classes, meta.label_delim)
-        return multilabel_metrics(probs, y, meta.classes, decision_thresholds(meta, threshold)), probs, y
-    y = data.class_indices(items["label"].iloc[kept], meta.classes)
-    return metrics(probs, y, meta.classes), probs, y
+        y = data.label_matrix(items["labels"], meta.classes, meta.label_delim)
+        return multilabel_metrics(probs, y, meta.classes, decision_thresholds(meta, threshold)), y
+    y = data.class_indices(items["label"], meta.classes)
+    return metrics(probs, y, meta.classes), y
 
 
 def held_out(run, items) -> tuple[dict, dict | None] | None:

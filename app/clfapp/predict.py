@@ -160,6 +160,16 @@ class Predictor:
         return np.concatenate(out), np.concatenate(kept)
 
 
+def load_predictor(folder: Path):
+    """The predictor of anything a run is accepted as: an ensemble folder (it holds
+    ensemble.json) gives an ensemble.EnsemblePredictor, a run or bundle folder a Predictor;
+    anything else is a usage error."""
+    from . import ensemble
+    if ensemble.is_ensemble(folder):
+        return ensemble.EnsemblePredictor(folder)
+    return Predictor(folder)
+
+
 def decision_thresholds(meta, override: float | None = None) -> np.ndarray:
     """The multi-label thresholds in force: --threshold, else the bundle's, else 0.5."""
     if override is not None:

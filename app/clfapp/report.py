@@ -189,3 +189,18 @@ def summary_line(m: dict) -> str:
         line = (f"accuracy {fmt(m['accuracy'])}  f1_macro {fmt(m['f1_macro'])}  "
                 f"roc_auc {fmt(m['roc_auc_ovr'])}  (n={m['n']})")
     return line + (f" on the {m['split_note']}" if m.get("split_note") else "")
+
+
+def headline(figures: dict, multi_label: bool) -> dict:
+    """{name: {headline key: value}} of several models' figures (an ensemble's members)."""
+    keys = MULTI_KEYS if multi_label else SINGLE_KEYS
+    return {name: {k: m.get(k) for k in keys} for name, m in figures.items()}
+
+
+def members_table(members: dict, ensemble: dict, multi_label: bool) -> list[str]:
+    """Markdown rows: each member, then the ensemble, on the same items."""
+    keys = MULTI_KEYS if multi_label else SINGLE_KEYS
+    rows = [f"| model | {' | '.join(keys)} |", "|---|" + "---|" * len(keys)]
+    for name, m in [*members.items(), ("ensemble", ensemble)]:
+        rows.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in keys) + " |")
+    return rows

@@ -62,12 +62,14 @@ class Tuned:
 
 
 def tune(run, probs: np.ndarray, y: np.ndarray, metric: str, mode: str) -> Tuned:
-    """Search thresholds on (probs, y) and store them in the run's bundle (model.json)."""
-    from . import bundle
+    """Search thresholds on (probs, y) and store them in the run's bundle (model.json), or an
+    ensemble's ensemble.json."""
+    from . import bundle, ensemble
 
-    meta = bundle.read_meta(run)
+    store = ensemble if ensemble.is_ensemble(run) else bundle
+    meta = store.read_meta(run)
     found = search(probs, y, metric, mode)
     meta.thresholds = found.thresholds
-    bundle.write_meta(run, meta)
+    store.write_meta(run, meta)
     return Tuned(found, metrics.multi_label(probs, y, meta.classes, 0.5),
                  metrics.multi_label(probs, y, meta.classes, found.thresholds))

@@ -9,7 +9,7 @@ from . import common
 
 
 @common.command
-def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/).")],
+def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/), or an ensemble folder.")],
              data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to evaluate on (default: the run's validation split).")] = None,
              labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = "folder",
              tta: Annotated[bool, typer.Option("--tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips.")] = False,
@@ -19,14 +19,27 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     matrix; for multi-label models micro/macro/samples F1, subset accuracy, mAP and a per-label
     table at the model's thresholds.
 
+    Given an ensemble folder, measures each member and the ensemble on the same images and
+    prints them side by side (also in its report).
+
     Writes metrics.json, report.md and plots/confusion_matrix.png into RUN/eval-N.
     """
     from .. import evaluate as ev
-    from .. import predict, report, runs
+    from .. import ensemble, predict, report, runs
 
     folder = runs.existing(run)
-    predictor = predict.Predictor(folder)
+    predictor = predict.load_predictor(folder)
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
+    if isinstance(predictor, ensemble.EnsemblePredictor):  # each member and the ensemble
+        m, members, _, _ = ensemble.measure(predictor, items, tta, bs, threshold)
+        out = runs.new_folder(folder, "eval")
+        built = ensemble.Built(folder, predictor.meta, m, members, source + (" (TTA)" if tta else ""))
+        ensemble.write_report(built, out, f"Evaluation of {folder.name}")
+        for line in report.members_table(members, m, predictor.meta.multi_label):
+            common.echo(line)
+        common.echo(f"{source}: ensemble {report.summary_line(m)}")
+        common.echo(f"report: {out / 'report.md'}")
+        return
     m, _, _ = ev.measure(predictor, items, tta, bs, threshold)
     out = runs.new_folder(folder, "eval")
     extra = [f"Data: {source}" + (" (TTA)" if tta else "") + ".", ""]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import data, evaluate, fit, lr_find, predict, recipes, thresholds
+from . import data, ensemble, evaluate, fit, lr_find, predict, recipes, thresholds
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
@@ -14,6 +14,7 @@ app.command("lr-find")(lr_find.lr_find)
 app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
 app.command("thresholds")(thresholds.thresholds)
+app.command("ensemble")(ensemble.ensemble)
 app.command("recipes")(recipes.recipes)
 app.add_typer(data.app, name="data")
 

@@ -10,7 +10,7 @@ from . import common
 
 
 @common.command
-def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/) holding model/.")],
+def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/) holding model/, or an ensemble folder.")],
             paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive), or .txt/.csv lists of paths.")],
             out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default RUN/predict-N/predictions.csv|json).")] = None,
             fmt: Annotated[str, typer.Option("--format", help="csv | json.")] = "csv",
@@ -31,7 +31,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
     folder = runs.existing(run)
     files = pr.collect_paths(paths)
-    predictor = pr.Predictor(folder)
+    predictor = pr.load_predictor(folder)
     probs, kept = predictor.probabilities(files, tta=tta, bs=bs)
     kept_files = [files[i] for i in kept]
     if predictor.meta.multi_label:

@@ -8,7 +8,7 @@ from . import common
 
 
 @common.command
-def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-label model.")],
+def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-label model, or a (soft-vote) ensemble folder.")],
                metric: Annotated[str, typer.Option("--metric", help="f1_micro | f1_macro | f1_samples.")] = "f1_micro",
                mode: Annotated[str, typer.Option("--mode", help="global (one threshold) | per-label.")] = "global",
                data: Annotated[Optional[str], typer.Option("--data", help="Labelled data to tune on (default: the run's validation split).")] = None,
@@ -29,10 +29,13 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     if mode not in th.MODES:
         raise common.UsageError(f"--mode must be one of {', '.join(th.MODES)}, got {mode!r}")
     folder = runs.existing(run)
-    predictor = predict.Predictor(folder)
+    predictor = predict.load_predictor(folder)
     if not predictor.meta.multi_label:
         raise common.UsageError(f"{folder} holds a single-label model: it decides by the top class, "
                                 "there are no thresholds to tune")
+    if getattr(predictor.meta, "vote", "soft") == "hard":
+        raise common.UsageError(f"{folder} is a hard-vote ensemble: a label is on when a weighted "
+                                "majority of its members says so, there are no thresholds to tune")
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
     _, probs, y = ev.measure(predictor, items, bs=bs)
     tuned = th.tune(folder, probs, y, metric, mode)
@@ -44,4 +47,5 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
              else ", ".join(f"{c}={t:.2f}" for c, t in zip(predictor.classes, tuned.search.thresholds)))
     common.echo(f"{metric}: {tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f} "
                 f"with thresholds {shown}")
-    common.echo(f"saved in {folder / 'model' / 'model.json'}; report: {out / 'report.md'}")
+    saved = folder / "ensemble.json" if hasattr(predictor, "members") else folder / "model" / "model.json"
+    common.echo(f"saved in {saved}; report: {out / 'report.md'}")
