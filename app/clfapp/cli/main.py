@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import data, ensemble, evaluate, fit, lr_find, predict, recipes, thresholds
+from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, thresholds
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
@@ -15,6 +15,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
 app.command("thresholds")(thresholds.thresholds)
 app.command("ensemble")(ensemble.ensemble)
+app.command("compare")(compare.compare)
 app.command("recipes")(recipes.recipes)
 app.add_typer(data.app, name="data")
 

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+
+@common.command
+def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or export (RUN/export-N) folders.")],
+            data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to measure on (default: the first model's validation split).")] = None,
+            labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = "folder",
+            threads: Annotated[int, typer.Option("--threads", help="CPU threads for every model (0: torch's default).")] = 0,
+            repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per figure (the median is reported).")] = 20,
+            name: common.Name = None):
+    """Compare models side by side on the same items: accuracy, macro-F1 and ROC AUC
+    (multi-label: micro-F1 at each model's thresholds, mAP), parameters, size on disk,
+    latency per image at batch 1 and images/s at batch 32 (CPU, thread count and precision
+    stated; decoding not timed).
+
+    Prints the table and writes comparison.csv and comparison.md into runs/compare-N.
+    """
+    from .. import compare as cmp
+    from .. import runs
+
+    if repeats < 1:
+        raise common.UsageError(f"--repeats must be at least 1, got {repeats}")
+    folders = [runs.existing(m) for m in models]
+    table, described, settings = cmp.compare(folders, data, threads, repeats, labels)
+    folder = runs.new_folder(runs.RUNS_DIR, "compare", name)
+    for fname, text in (("comparison.csv", table.to_csv(index=False)),
+                        ("comparison.md", cmp.markdown(table, described, settings))):
+        tmp = folder / (fname + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, folder / fname)
+    common.echo(cmp.markdown(table, described, settings))
+    common.echo(f"written to {folder / 'comparison.csv'} and {folder / 'comparison.md'}")

@@ -1,0 +1,178 @@
+"""Models side by side on the same items: quality, size and speed in one table.
+
+Anything a run is accepted as can be compared: a run folder, an ensemble folder, or an ONNX
+export folder (`clfapp export`). Every model is measured on the same labelled items (the first
+model's validation split, or `--data`), and timed on the same decoded images:
+
+* latency per image at batch 1: the median over `repeats` single-image calls after warm-up;
+* throughput at batch 32: images per second, from the median of `repeats // 4 + 1` calls.
+
+Timing covers the model (normalisation, forward pass, softmax/sigmoid, the vote of an
+ensemble), not JPEG decoding: decoding is the same work for every model and would hide the
+difference being measured. The thread count and precision are part of the table.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UsageError
+
+EXPORT_META = "onnx.json"
+
+
+@dataclass
+class Model:
+    """One compared model: how to call it on decoded images, and what it costs on disk."""
+    name: str
+    kind: str                         # run | ensemble | onnx
+    predictor: object                 # predict.Predictor, ensemble.EnsemblePredictor, OnnxPredictor
+    inputs: list[tuple[int, str]]     # (size, resize) of each decoded input it takes
+    run: Callable[[list[np.ndarray]], np.ndarray]   # decoded inputs -> probabilities
+    parameters: int
+    disk_bytes: int
+    home: Path                        # where its splits.csv lives
+
+
+def _files_bytes(folder: Path, patterns: tuple[str, ...]) -> int:
+    return sum(p.stat().st_size for pat in patterns for p in Path(folder).rglob(pat) if p.is_file())
+
+
+def _torch_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def load(folder: Path, threads: int) -> Model:
+    """A `Model` for a run, ensemble or export folder."""
+    from . import predict
+    from .ensemble import EnsemblePredictor
+
+    folder = Path(folder)
+    if (folder / EXPORT_META).is_file():
+        return _load_onnx(folder, threads)
+    p = predict.load_predictor(folder)
+    if isinstance(p, EnsemblePredictor):
+        keys = list(dict.fromkeys((m.meta.size, m.meta.resize) for m in p.members))
+
+        def run(arrays, p=p, keys=keys):
+            by_key = dict(zip(keys, arrays))
+            return p.combine([m.probabilities_of(by_key[(m.meta.size, m.meta.resize)], bs=len(arrays[0]))
+                              for m in p.members])
+        return Model(folder.name, "ensemble", p, keys, run,
+                     sum(_torch_parameters(m.model) for m in p.members),
+                     _files_bytes(folder, ("*.safetensors",)), folder)
+    return Model(folder.name, "run", p, [(p.meta.size, p.meta.resize)],
+                 lambda arrays, p=p: p.probabilities_of(arrays[0], bs=len(arrays[0])),
+                 _torch_parameters(p.model), _files_bytes(folder / "model", ("*.safetensors",)), folder)
+
+
+def _load_onnx(folder: Path, threads: int) -> Model:
+    import onnx
+
+    from .onnx_predict import OnnxPredictor
+
+    p = OnnxPredictor(folder, threads=threads)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    parameters = int(sum(np.prod(t.dims) for t in graph.initializer))
+    inputs = [(spec["size"], spec["resize"]) for spec in p.meta.inputs]
+    # An export lives in RUN/export-N: the run's splits.csv names the items.
+    return Model(f"{folder.parent.name}/{folder.name}", "onnx", p, inputs,
+                 lambda arrays, p=p: p.probabilities_of(arrays, bs=len(arrays[0])),
+                 parameters, _files_bytes(folder, ("*.onnx",)), folder.parent)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed(model: Model, pixels: dict, repeats: int, warmup: int = 3) -> dict:
+    """Latency per image at batch 1 (ms) and images/s at batch 32, on decoded images."""
+    arrays = [pixels[key] for key in model.inputs]
+    one = [a[:1] for a in arrays]
+    batch = [a[:32] for a in arrays]
+    for _ in range(warmup):
+        model.run(one)
+        model.run(batch)
+    latency = _median_seconds(lambda: model.run(one), repeats)
+    per_batch = _median_seconds(lambda: model.run(batch), max(3, repeats // 4 + 1))
+    return {"latency_ms_bs1": latency * 1000, "images_per_s_bs32": len(batch[0]) / per_batch}
+
+
+def quality(model: Model, items) -> dict:
+    """The figures of the comparison table: single-label accuracy, macro-F1, ROC AUC;
+    multi-label micro-F1 at the model's thresholds, mAP."""
+    from .evaluate import measure
+
+    m, _, _ = measure(model.predictor, items)
+    if model.predictor.meta.multi_label:
+        return {"n": m["n"], "f1_micro": m["f1_micro"], "f1_macro": m["f1_macro"], "map": m["map"]}
+    return {"n": m["n"], "accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
+            "roc_auc": m["roc_auc_ovr"]}
+
+
+def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
+            repeats: int = 20, labels: str = "folder", delim: str = " "):
+    """(table DataFrame, description of the items, settings dict) for `folders`."""
+    import pandas as pd
+    import torch
+
+    from . import images
+    from .evaluate import labelled_items
+
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    models = [load(f, threads) for f in folders]
+    first = models[0].predictor
+    for m in models[1:]:
+        if m.predictor.classes != first.classes or m.predictor.meta.multi_label != first.meta.multi_label:
+            raise UsageError(f"{m.name} does not predict the same classes as {models[0].name}: "
+                             "only models of the same task can be compared")
+    items, described = labelled_items(models[0].home, data_path, labels, delim)
+    if not len(items):
+        raise UsageError(f"no labelled items to compare on ({described}); pass --data PATH")
+    sample = items["path"].tolist()[:32]
+    pixels = {}
+    for key in dict.fromkeys(k for m in models for k in m.inputs):
+        arr, kept = images.read_many(sample, *key, progress=False)
+        if not len(kept):
+            raise UsageError("none of the images to time could be read")
+        pixels[key] = np.concatenate([arr] * (32 // len(arr) + 1))[:32]  # 32 images to time on
+    rows = []
+    for m in models:
+        print(f"measuring {m.name} ...", flush=True)
+        rows.append({"model": m.name, "kind": m.kind, **quality(m, items),
+                     "parameters_m": m.parameters / 1e6, "size_mb": m.disk_bytes / 1e6,
+                     **speed(m, pixels, repeats)})
+    table = pd.DataFrame(rows)
+    base = table["latency_ms_bs1"].min()
+    table["latency_vs_fastest"] = table["latency_ms_bs1"] / base
+    settings = {"threads": threads, "precision": "fp32", "repeats": repeats,
+                "timed_on": f"{len(sample)} decoded validation images (decoding not timed)"}
+    return table, described, settings
+
+
+def markdown(table, described: str, settings: dict) -> str:
+    """The table as markdown, with what it was measured on and how."""
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if np.isnan(v) else (f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}")
+        return "n/a" if v is None else str(v)
+    cols = list(table.columns)
+    lines = [f"# Model comparison", "",
+             f"Quality on the {described}. Speed: CPU, {settings['threads']} thread(s), "
+             f"{settings['precision']}, median of {settings['repeats']} runs after warm-up, on "
+             f"{settings['timed_on']}.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
