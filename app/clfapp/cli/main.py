@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, thresholds
+from . import export as export_cmd
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
@@ -13,6 +14,7 @@ app.command("fit")(fit.fit)
 app.command("lr-find")(lr_find.lr_find)
 app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
+app.command("export")(export_cmd.export)
 app.command("thresholds")(thresholds.thresholds)
 app.command("ensemble")(ensemble.ensemble)
 app.command("compare")(compare.compare)

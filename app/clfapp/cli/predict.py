@@ -17,7 +17,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
             tta: Annotated[bool, typer.Option("--tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips.")] = False,
             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
-            bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
+            bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64,
+            backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime; no --tta).")] = "torch"):
     """Classify images with a trained model: label, probability and top-k per image
     (multi-label models: the predicted label set and one probability column per label).
 
@@ -29,9 +30,18 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
 
     if fmt not in ("csv", "json"):
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
+    if backend not in ("torch", "onnx"):
+        raise common.UsageError(f"--backend must be torch or onnx, got {backend!r}")
+    if backend == "onnx" and tta:
+        raise common.UsageError("--tta is not available with --backend onnx (the exported graph is "
+                                "the plain model); use --backend torch for TTA")
     folder = runs.existing(run)
     files = pr.collect_paths(paths)
-    predictor = pr.load_predictor(folder)
+    if backend == "onnx":
+        from ..onnx_predict import OnnxPredictor
+        predictor = OnnxPredictor(folder)
+    else:
+        predictor = pr.load_predictor(folder)
     probs, kept = predictor.probabilities(files, tta=tta, bs=bs)
     kept_files = [files[i] for i in kept]
     if predictor.meta.multi_label:

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+
+@common.command
+def export(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/), or an ensemble folder.")],
+           fmt: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",
+           out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write (default RUN/export-N).")] = None,
+           opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = 17,
+           tolerance: Annotated[float, typer.Option("--tolerance", help="Largest |PyTorch - ONNX Runtime| probability difference accepted by the parity check.")] = 1e-4):
+    """Export a trained model (or a soft-vote ensemble, as one graph) to ONNX.
+
+    Writes RUN/export-N/model.onnx and onnx.json. The graph takes float32 N x 3 x S x S RGB
+    pixels in [0, 1] (decoded, resized as onnx.json says, divided by 255; the normalisation is
+    inside) and gives probabilities (softmax; sigmoid for multi-label). Afterwards it checks
+    ONNX Runtime against PyTorch on the run's validation images: beyond --tolerance it exits 1
+    and removes the export. Use it with `clfapp predict RUN PATHS --backend onnx`.
+    """
+    from .. import export as ex
+    from .. import runs
+
+    if fmt != "onnx":
+        raise common.UsageError(f"--format must be onnx (the only export format), got {fmt!r}")
+    folder = runs.existing(run)
+    target, info = ex.export(folder, out, opset, tolerance)
+    shapes = ", ".join(f"{i['name']} float32 N x 3 x {i['size']} x {i['size']} in [0, 1] "
+                       f"({i['resize']}, {i['interpolation']})" for i in info["inputs"])
+    kind = f"ensemble of {len(info['members'])} (soft vote)" if info["kind"] == "ensemble" else "model"
+    common.echo(f"exported {kind} to {target / ex.ONNX_FILE} (opset {opset}; input {shapes}; "
+                f"output {info['output']['activation']} probabilities over {len(info['classes'])} classes)")
+    p = info["parity"]
+    common.echo(f"parity on {p['images']}: max |PyTorch - ONNX Runtime| = {p['max_abs_diff']:.3g} "
+                f"(tolerance {p['tolerance']:g}): ok")

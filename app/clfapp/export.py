@@ -1,0 +1,374 @@
+"""ONNX export of a run or an ensemble folder, checked against PyTorch on real images.
+
+The exported graph (RUN/export-N/model.onnx):
+
+- input `image`: float32, N x 3 x S x S, RGB, values in [0, 1] (the decoded uint8 pixels / 255),
+  batch axis dynamic. The normalisation ((x - mean) / std) is INSIDE the graph, so a consumer
+  only decodes, resizes (onnx.json says how: size, resize method, PIL bicubic) and divides by 255.
+- output `probabilities`: float32, N x C: softmax for single-label, sigmoid for multi-label
+  models (decide with onnx.json's thresholds, 0.5 where it has none).
+- an ensemble folder (ensemble.json) exports as ONE graph that runs every member on its own
+  preprocessing and averages the probabilities with the ensemble's weights (its soft vote).
+  Members that need different pixels (another input size or resize method) get one input each,
+  named `image_<size>` (`image_<size>_<resize>` where two share a size); members with the same
+  preprocessing share one input. A hard-vote ensemble is refused: its answer is a majority of
+  member labels, not probabilities, and exporting soft probabilities under its name would
+  silently change its predictions.
+
+onnx.json holds the facts a consumer needs (inputs, classes, multi-label, thresholds, label
+delimiter, mean/std, vote and weights, opset, library versions) and the parity check; the same
+facts (without the parity figures) are in the ONNX file's metadata_props (key `clfapp`, plus
+flat copies of the main ones), and the ONNX predictor refuses files where the two disagree.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import bundle, images
+from .errors import UsageError
+
+ONNX_FILE, META_FILE = "model.onnx", "onnx.json"
+ENSEMBLE_FILE = "ensemble.json"
+FORMAT = 1
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+MAX_OPSET = 20   # the TorchScript exporter's newest opset in torch 2.14
+DEFAULT_TOLERANCE = 1e-4
+PARITY_IMAGES = 64
+OUTPUT_NAME = "probabilities"
+INTERPOLATION = "bicubic"
+"""What images.read_image resizes with (PIL bicubic), whatever the arch's own default is:
+this is the resampling a consumer must reproduce."""
+assert images.RESIZE_FILTER.name.lower() == INTERPOLATION
+
+
+class ExportFailed(UsageError):
+    """The export ran but its result cannot be trusted (the parity check failed): exit 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class Member:
+    name: str
+    folder: Path           # a folder bundle.find understands (run folder or members/NAME)
+    meta: bundle.BundleMeta
+    weight: float
+
+
+def is_ensemble(folder: Path) -> bool:
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
+
+
+def read_source(folder: Path) -> tuple[list[Member], dict]:
+    """(members, facts) of a run folder (one member, weight 1) or an ensemble folder."""
+    folder = Path(folder)
+    if not is_ensemble(folder):
+        meta = bundle.read_meta(folder)
+        facts = dict(kind="run", classes=meta.classes, multi_label=meta.multi_label,
+                     thresholds=meta.thresholds, label_delim=meta.label_delim, vote=None,
+                     weights=None)
+        return [Member(folder.name, folder, meta, 1.0)], facts
+    path = folder / ENSEMBLE_FILE
+    try:
+        ens = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}")
+    if not isinstance(ens, dict) or ens.get("kind") != "ensemble":
+        raise UsageError(f"{path} is not a clfapp ensemble description (kind != 'ensemble')")
+    if not isinstance(ens.get("format", 1), int) or ens.get("format", 1) > 1:
+        raise UsageError(f"{folder} was written by a newer clfapp (ensemble format "
+                         f"{ens.get('format')!r}); upgrade clfapp")
+    names, weights = ens.get("members") or [], ens.get("weights")
+    if not names or not isinstance(names, list):
+        raise UsageError(f"{path} names no members")
+    if weights is None:
+        weights = [1.0 / len(names)] * len(names)
+    if (not isinstance(weights, list) or len(weights) != len(names)
+            or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or sum(weights) <= 0):
+        raise UsageError(f"{path}: weights must be one non-negative number per member, got {weights!r}")
+    if ens.get("vote", "soft") != "soft":
+        raise UsageError(f"{folder} is a {ens.get('vote')!r}-vote ensemble: its answer is a majority "
+                         "of member labels, not probabilities, so it has no ONNX graph; only "
+                         "soft-vote ensembles export (make one with vote 'soft')")
+    total = float(sum(weights))
+    members = []
+    for name, w in zip(names, weights):
+        where = folder / "members" / str(name)
+        meta = bundle.read_meta(where)
+        members.append(Member(str(name), where, meta, float(w) / total))
+    classes = ens.get("classes") or members[0].meta.classes
+    multi = bool(ens.get("multi_label", members[0].meta.multi_label))
+    for m in members:
+        if list(m.meta.classes) != list(classes) or bool(m.meta.multi_label) != multi:
+            raise UsageError(f"ensemble member {m.name} does not share the ensemble's classes "
+                             f"(in the same order) and multi-label flag; it cannot be averaged")
+    facts = dict(kind="ensemble", classes=list(classes), multi_label=multi,
+                 thresholds=ens.get("thresholds"), label_delim=ens.get("label_delim", " "),
+                 vote="soft", weights=[m.weight for m in members])
+    return members, facts
+
+
+def input_groups(members: list[Member]) -> list[dict]:
+    """One graph input per distinct preprocessing (size, resize), in member order."""
+    groups: list[dict] = []
+    for i, m in enumerate(members):
+        key = (int(m.meta.size), m.meta.resize)
+        g = next((g for g in groups if (g["size"], g["resize"]) == key), None)
+        if g is None:
+            g = dict(size=key[0], resize=key[1], members=[])
+            groups.append(g)
+        g["members"].append(i)
+    sizes = [g["size"] for g in groups]
+    for g in groups:
+        if len(groups) == 1:
+            g["name"] = "image"
+        elif sizes.count(g["size"]) == 1:
+            g["name"] = f"image_{g['size']}"
+        else:
+            g["name"] = f"image_{g['size']}_{g['resize']}"
+    return groups
+
+
+def _graph(members: list[Member], groups: list[dict]):
+    """The torch module to export: inputs in [0, 1] -> weighted mean of member probabilities."""
+    import torch
+    import torch.nn as nn
+
+    class Normalised(nn.Module):
+        def __init__(self, model, meta):
+            super().__init__()
+            self.model, self.multi_label = model, bool(meta.multi_label)
+            self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, x):
+            logits = self.model((x - self.mean) / self.std)
+            return logits.sigmoid() if self.multi_label else logits.softmax(dim=1)
+
+    class Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = nn.ModuleList(Normalised(bundle.load(m.folder)[0], m.meta) for m in members)
+            self.which = [next(k for k, g in enumerate(groups) if i in g["members"])
+                          for i in range(len(members))]
+            self.weights = [m.weight for m in members]
+
+        def forward(self, *inputs):
+            if len(self.members) == 1:
+                return self.members[0](inputs[0])
+            out = None
+            for net, k, w in zip(self.members, self.which, self.weights):
+                p = net(inputs[k]) * w
+                out = p if out is None else out + p
+            return out
+
+    return Graph().eval()
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = bundle.library_versions()
+    for pkg in ("onnx", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def describe(members: list[Member], facts: dict, groups: list[dict], opset: int, source: Path) -> dict:
+    """The facts written to onnx.json and into the ONNX file's metadata_props."""
+    one = members[0].meta if len(members) == 1 else None
+    single_input = groups[0] if len(groups) == 1 else None
+    return {
+        "format": FORMAT,
+        "kind": facts["kind"],
+        "source": Path(source).name,
+        "inputs": [{"name": g["name"], "dtype": "float32", "shape": ["batch", 3, g["size"], g["size"]],
+                    "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0], "size": g["size"],
+                    "resize": g["resize"], "interpolation": INTERPOLATION,
+                    "members": [members[i].name for i in g["members"]]} for g in groups],
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(facts["classes"])],
+                   "activation": "sigmoid" if facts["multi_label"] else "softmax"},
+        "normalisation": "inside the graph: (pixels / 255 - mean) / std; feed pixels / 255",
+        "size": single_input["size"] if single_input else None,
+        "resize": single_input["resize"] if single_input else None,
+        "interpolation": INTERPOLATION,
+        "mean": list(one.mean) if one else None,
+        "std": list(one.std) if one else None,
+        "classes": list(facts["classes"]),
+        "multi_label": bool(facts["multi_label"]),
+        "thresholds": facts["thresholds"],
+        "label_delim": facts["label_delim"],
+        "vote": facts["vote"],
+        "weights": facts["weights"],
+        "members": [{"name": m.name, "arch": m.meta.arch, "weight": m.weight, "size": m.meta.size,
+                     "resize": m.meta.resize, "mean": list(m.meta.mean), "std": list(m.meta.std),
+                     "input": next(g["name"] for g in groups if i in g["members"])}
+                    for i, m in enumerate(members)],
+        "tta_flips": one.tta_flips if one else None,
+        "opset": opset,
+        "exporter": "torch.onnx.export, TorchScript-based (dynamo=False)",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+
+
+METADATA_KEY = "clfapp"
+FLAT_KEYS = ("classes", "multi_label", "thresholds", "label_delim", "inputs", "vote", "weights",
+             "opset", "versions")
+
+
+def _export_graph(graph, groups: list[dict], target: Path, opset: int) -> None:
+    import warnings
+
+    import torch
+
+    dummy = tuple(torch.rand(2, 3, g["size"], g["size"]) for g in groups)
+    # torch < 2.5 has no `dynamo` argument and only the TorchScript exporter
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    names = [g["name"] for g in groups]
+    axes = {n: {0: "batch"} for n in names + [OUTPUT_NAME]}
+    # The TorchScript-based exporter (dynamo=False), on purpose: the dynamo exporter (torch's
+    # default since 2.9) needs the `onnxscript` package (not installed: ModuleNotFoundError on
+    # torch 2.14.1 here; it would be one more dependency and a younger code path), while the
+    # tracer exports every convnet + fastai head tried (timm test_resnet and
+    # tf_efficientnet_lite0 with its "same" padding, fixed at the traced input size;
+    # torchvision resnet18 and densenet121) with ORT matching PyTorch to ~1e-6, and gives a
+    # dynamic batch axis through dynamic_axes. Its deprecation notices are not the user's business.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(graph, dummy, str(target), **legacy, opset_version=opset,
+                              input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              do_constant_folding=True)
+
+
+def _stamp(target: Path, facts: dict) -> None:
+    """Write the facts into the ONNX file's metadata_props and check the model."""
+    import onnx
+
+    model = onnx.load(str(target))
+    del model.metadata_props[:]
+    props = {METADATA_KEY: json.dumps(facts, sort_keys=True)}
+    props.update({k: json.dumps(facts[k]) for k in FLAT_KEYS})
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    model.producer_name = "clfapp"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+
+
+def validation_paths(folder: Path, limit: int = PARITY_IMAGES) -> list[str]:
+    """Up to `limit` validation images of a run/ensemble folder (splits.csv, split == valid),
+    spread evenly over the list; [] when there is none to read."""
+    import pandas as pd
+
+    splits = Path(folder) / "splits.csv"
+    if not splits.is_file():
+        return []
+    items = pd.read_csv(splits, dtype=str, keep_default_na=False)
+    if "split" not in items or "path" not in items:
+        return []
+    paths = [p for p in items.loc[items["split"] == "valid", "path"] if Path(p).is_file()]
+    if len(paths) > limit:
+        paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit).round()]
+    return paths
+
+
+def parity_pixels(folder: Path, groups: list[dict]) -> tuple[list[np.ndarray], str]:
+    """The same decoded pixels (one uint8 N x S x S x 3 array per input group) for both sides:
+    real validation images where there are any, else seeded random pixels (said on stderr)."""
+    paths = validation_paths(folder)
+    if paths:
+        decoded = [images.read_many(paths, g["size"], g["resize"], progress=False) for g in groups]
+        kept = sorted(set.intersection(*(set(k) for _, k in decoded)))
+        if kept:
+            arrays = [a[[k.index(i) for i in kept]] for a, k in decoded]
+            return arrays, f"{len(kept)} validation images (splits.csv)"
+    print(f"warning: {folder} has no readable validation images (splits.csv); the parity check "
+          "uses 8 random images instead", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (8, g["size"], g["size"], 3), dtype=np.uint8) for g in groups], \
+        "8 random images (no validation images found)"
+
+
+def torch_probabilities(members: list[Member], groups: list[dict], pixels: list[np.ndarray]) -> np.ndarray:
+    """The PyTorch answer: each member's predict.Predictor on its own pixels, weighted mean."""
+    from .predict import Predictor
+
+    out = None
+    for i, m in enumerate(members):
+        k = next(k for k, g in enumerate(groups) if i in g["members"])
+        p = Predictor(m.folder).probabilities_of(pixels[k]).astype(np.float64) * m.weight
+        out = p if out is None else out + p
+    return out
+
+
+def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
+           tolerance: float = DEFAULT_TOLERANCE) -> tuple[Path, dict]:
+    """Export `source` (run or ensemble folder) to ONNX, then check parity with PyTorch.
+
+    Returns (export folder, onnx.json). Raises ExportFailed (exit 1) when ONNX Runtime and
+    PyTorch disagree by more than `tolerance`; the export folder is then removed, so `predict
+    --backend onnx` never picks up an export that failed its check.
+    """
+    import shutil
+
+    from . import runs
+    from .onnx_predict import OnnxPredictor
+
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
+    if not tolerance >= 0:
+        raise UsageError(f"--tolerance must be a number >= 0, got {tolerance}")
+    source = Path(source)
+    members, facts = read_source(source)
+    groups = input_groups(members)
+    if out is not None:
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"{out} already exists and is not an empty folder; choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        folder = out
+    else:
+        folder = runs.new_folder(source, "export")
+    try:
+        described = describe(members, facts, groups, opset, source)
+        tmp = folder / (ONNX_FILE + ".tmp")
+        _export_graph(_graph(members, groups), groups, tmp, opset)
+        _stamp(tmp, described)
+        os.replace(tmp, folder / ONNX_FILE)
+        _write_json(folder / META_FILE, described)
+
+        pixels, what = parity_pixels(source, groups)
+        theirs = torch_probabilities(members, groups, pixels)
+        ours = OnnxPredictor(folder).probabilities_of(pixels).astype(np.float64)
+        diff = float(np.abs(theirs - ours).max())
+        described["parity"] = {"max_abs_diff": diff, "tolerance": tolerance, "images": what,
+                               "passed": bool(diff <= tolerance)}
+        _write_json(folder / META_FILE, described)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if not diff <= tolerance:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ExportFailed(f"parity check failed: ONNX Runtime and PyTorch differ by up to {diff:.3g} "
+                           f"on {what} (tolerance {tolerance:g}); export removed")
+    return folder, described
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,169 @@
+"""Inference with an exported ONNX model (clfapp export) through ONNX Runtime.
+
+The same small interface as predict.Predictor (`meta` with classes / multi_label / thresholds /
+label_delim, `classes`, `probabilities(paths) -> (probs, kept)`, `probabilities_of(pixels)`), so
+predict and evaluate can use either. Images are decoded and resized by clfapp.images, the code
+path training used, so the pixels are the ones the model was trained on. Needs numpy, PIL and
+onnxruntime only: no torch.
+
+No test-time augmentation: the exported graph is the plain model (an ensemble's members may
+have been trained with different mirrors, which one fused graph cannot honour); `--tta` is
+refused with the ONNX backend.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import images
+from .errors import UsageError
+from .export import FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME
+
+
+@dataclass
+class ExportMeta:
+    """What predict/evaluate read from a predictor's `meta` (a subset of onnx.json)."""
+    classes: list[str]
+    multi_label: bool
+    thresholds: list[float] | None
+    label_delim: str
+    inputs: list[dict]
+
+
+def find_export(folder: Path) -> Path:
+    """`folder` itself when it is an export folder, else its newest export-N/ holding one."""
+    folder = Path(folder)
+    if (folder / META_FILE).is_file() or (folder / ONNX_FILE).is_file():
+        return folder
+    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
+             if (m := re.fullmatch(r"export-(\d+)", p.name)) and (p / META_FILE).is_file()]
+    if not found:
+        raise UsageError(f"{folder} has no ONNX export (no export-N/{META_FILE}); run "
+                         f"`clfapp export {folder} --format onnx` first")
+    return max(found)[1]
+
+
+def _default_threads() -> int:
+    """ORT's intra-op threads: OMP_NUM_THREADS when set (as torch reads it), else ORT's own."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
+class OnnxPredictor:
+    """An export folder's model.onnx in an ONNX Runtime session, with onnx.json's preprocessing."""
+
+    def __init__(self, folder: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        folder = find_export(folder)
+        self.folder = folder
+        meta_path, onnx_path = folder / META_FILE, folder / ONNX_FILE
+        if not meta_path.is_file() or not onnx_path.is_file():
+            raise UsageError(f"{folder} is not a whole ONNX export: it needs {META_FILE} and {ONNX_FILE}")
+        try:
+            info = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{meta_path} is not valid JSON: {e}")
+        if not isinstance(info, dict):
+            raise UsageError(f"{meta_path} is not a clfapp export description")
+        if not isinstance(info.get("format"), int) or info["format"] > FORMAT:
+            raise UsageError(f"{meta_path}: export format {info.get('format')!r} is not one this "
+                             f"clfapp reads (up to {FORMAT}); upgrade clfapp or export again")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _default_threads() if threads is None else threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"{onnx_path} is not a readable ONNX model ({first}); export again")
+        self._check(info, onnx_path)
+        self.info = info
+        try:
+            self.meta = ExportMeta(classes=list(info["classes"]), multi_label=bool(info["multi_label"]),
+                                   thresholds=info.get("thresholds"),
+                                   label_delim=info.get("label_delim", " "), inputs=info["inputs"])
+        except (KeyError, TypeError) as e:
+            raise UsageError(f"{meta_path} is not a valid clfapp export description: {e}")
+
+    def _check(self, info: dict, onnx_path: Path) -> None:
+        """onnx.json must say what the ONNX file says about itself, and fit its graph."""
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if embedded is None:
+            raise UsageError(f"{onnx_path} carries no clfapp metadata: not made by `clfapp export`")
+        try:
+            facts = json.loads(embedded)
+        except json.JSONDecodeError:
+            raise UsageError(f"{onnx_path}: its clfapp metadata is not valid JSON; export again")
+        differ = sorted(k for k in set(facts) | (set(info) - {"parity"}) if facts.get(k) != info.get(k))
+        if differ:
+            raise UsageError(f"{self.folder / META_FILE} does not match {ONNX_FILE} "
+                             f"({', '.join(differ)} differ); it was edited or the files come from "
+                             "different exports: export again")
+        want = [(i["name"], i["size"]) for i in info["inputs"]]
+        have = [(x.name, x.shape[2] if len(x.shape) == 4 else None) for x in self.session.get_inputs()]
+        out = self.session.get_outputs()
+        if have != want or len(out) != 1 or out[0].name != OUTPUT_NAME \
+                or out[0].shape[-1] != len(info["classes"]):
+            raise UsageError(f"{onnx_path}: its graph's inputs/outputs do not fit {META_FILE}; export again")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.classes
+
+    def probabilities_of(self, pixels, tta: bool = False, bs: int = 64) -> np.ndarray:
+        """Probabilities for decoded images: one N x S x S x 3 uint8 array per graph input
+        (a list, in onnx.json's input order; a bare array for a one-input graph)."""
+        if tta:
+            raise UsageError("--tta is not available with the ONNX backend (the exported graph "
+                             "is the plain model); use the PyTorch backend for TTA")
+        arrays = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
+        if len(arrays) != len(self.meta.inputs):
+            raise ValueError(f"{len(self.meta.inputs)} input arrays expected, got {len(arrays)}")
+        n = len(arrays[0])
+        out = []
+        for i in range(0, n, bs):
+            feed = {spec["name"]: _to_input(a[i:i + bs]) for spec, a in zip(self.meta.inputs, arrays)}
+            out.append(self.session.run([OUTPUT_NAME], feed)[0])
+        if not out:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate(out)
+
+    def probabilities(self, paths: list[str], tta: bool = False, bs: int = 64,
+                      workers: int = 0, progress: bool = True):
+        """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning.
+        (`workers`, `progress`: accepted for predict.Predictor's interface.)"""
+        if tta:
+            self.probabilities_of([], tta=True)  # the refusal, worded once
+        out, kept = [], []
+        for start in range(0, len(paths), bs):
+            chunk = paths[start:start + bs]
+            decoded = [images.read_many(chunk, spec["size"], spec["resize"], progress=False)
+                       for spec in self.meta.inputs]
+            ok = sorted(set.intersection(*(set(k) for _, k in decoded)))
+            if not ok:
+                continue
+            arrays = [a[[k.index(j) for j in ok]] for a, k in decoded]
+            out.append(self.probabilities_of(arrays, bs=bs))
+            kept.append(np.asarray(ok) + start)
+        if not out:
+            raise UsageError("none of the images could be read")
+        skipped = len(paths) - sum(map(len, kept))
+        if skipped:
+            print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
+        return np.concatenate(out), np.concatenate(kept)
+
+
+def _to_input(pixels: np.ndarray) -> np.ndarray:
+    """uint8 N x S x S x 3 -> float32 N x 3 x S x S in [0, 1], as the graph expects."""
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32) / np.float32(255.0)
