@@ -78,3 +78,18 @@ def test_compare_refuses_models_of_different_tasks(cli, work, monkeypatch, tmp_p
     result = cli("compare", "runs/a", "runs/two-classes", "--repeats", "1")
     assert_usage_error(result, "same classes")
     shutil.rmtree(work / "runs" / "two-classes")
+
+
+def test_compare_an_onnx_export_beside_its_run(cli, work, monkeypatch):
+    monkeypatch.chdir(work)
+    exported = cli("export", "runs/a", "--format", "onnx")
+    assert exported.exit_code == 0, exported.output
+    export = max((work / "runs" / "a").glob("export-*"))
+    result = cli("compare", "runs/a", export, "--repeats", "3", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    df = _table(result)
+    assert list(df["kind"]) == ["run", "onnx"]
+    run, onnx = df.iloc[0], df.iloc[1]
+    assert onnx["accuracy"] == pytest.approx(run["accuracy"]) and onnx["n"] == run["n"]
+    assert onnx["parameters_m"] == pytest.approx(run["parameters_m"], rel=0.02)  # + BN stats
+    assert onnx["size_mb"] > 0 and onnx["latency_ms_bs1"] > 0
