@@ -190,10 +190,14 @@ def _check_vocab(learn, ds: data.Dataset) -> None:
                            f"dataset's {ds.classes[:6]}; refusing to save a permuted model")
 
 
-def fit(cfg: Config, folder: Path) -> FitResult:
+def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
     """Train per `cfg` into `folder`. Whatever ends training early (Ctrl-C, SIGTERM, an error,
     a NaN or inf loss) still leaves the best epoch so far saved as a bundle, with the run
-    folder's metrics and report consistent with it, and the result says how it ended."""
+    folder's metrics and report consistent with it, and the result says how it ended.
+
+    `on_prepared(prep)`, when given, is called with the ready `Prepared` before training
+    (and before `lr = auto`'s finder): the one extension point, e.g. distill.attach wraps
+    the loss and adds its teacher callback there."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
     from .callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite
@@ -202,6 +206,8 @@ def fit(cfg: Config, folder: Path) -> FitResult:
     (folder / "config.toml").write_text(config.dumps(cfg))
     prep = prepare(cfg, folder)
     _check_vocab(prep.learn, prep.dataset)
+    if on_prepared is not None:
+        on_prepared(prep)
     learn, t = prep.learn, cfg.train
     lr = t.lr
     if lr == "auto":

@@ -64,10 +64,11 @@ Set = Annotated[Optional[list[str]], typer.Option("--set", help="Any config valu
 def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs=None, lr=None,
                    seed=None, weights=None, pretrained=None, sets=None, split_seed=None,
                    splits_from=None):
-    """Recipe file + command-line overrides → one validated Config."""
+    """Recipe file + command-line overrides → one validated Config (recipe None: the
+    defaults alone, e.g. `distill` from a teacher that records no config)."""
     from .. import config, recipes
 
-    name, path = recipes.find(recipe)
+    name, path = recipes.find(recipe) if recipe is not None else ("", None)
     # A dataset given on the command line replaces the recipe's, embedded sample included.
     flags = {"data": {"path": data, "size": size, "sample": "" if data else None,
                       "seed": split_seed, "splits_from": splits_from},

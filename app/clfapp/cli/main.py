@@ -5,6 +5,7 @@ import typer
 
 from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, thresholds
 from . import export as export_cmd
+from . import distill as distill_cmd
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
@@ -17,6 +18,7 @@ app.command("predict")(predict.predict)
 app.command("export")(export_cmd.export)
 app.command("thresholds")(thresholds.thresholds)
 app.command("ensemble")(ensemble.ensemble)
+app.command("distill")(distill_cmd.distill)
 app.command("compare")(compare.compare)
 app.command("recipes")(recipes.recipes)
 app.add_typer(data.app, name="data")

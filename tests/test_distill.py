@@ -1,0 +1,266 @@
+"""`clfapp distill`: the distillation loss, the teacher's view of the batch, the cached route,
+ensemble teachers, and the run folder it leaves."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_usage_error, make_folder_dataset, write_recipe
+from typer.testing import CliRunner
+
+from clfapp import bundle, distill, images, losses
+from clfapp.config import LossConfig
+from clfapp.errors import UsageError
+
+
+# --- the loss against hand-computed values -----------------------------------------------------
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_single_label_loss_matches_a_hand_computed_value():
+    s = np.array([[1.0, -0.5, 0.2], [0.3, 0.8, -1.0]])      # student logits
+    t = np.array([[2.0, 0.0, -1.0], [-0.5, 1.5, 0.5]])      # teacher logits
+    y = np.array([0, 2])
+    T, alpha = 2.0, 0.3
+    ce = -np.mean([math.log(_softmax(s)[i, y[i]]) for i in range(2)])
+    p, q = _softmax(t / T), _softmax(s / T)
+    kl = np.sum(p * (np.log(p) - np.log(q))) / 2             # batchmean
+    expected = alpha * ce + (1 - alpha) * T * T * kl
+
+    loss = distill.DistillationLoss(losses.make(LossConfig()), False, T, alpha)
+    loss.teacher = torch.tensor(p, dtype=torch.float32)
+    got = loss(torch.tensor(s, dtype=torch.float32), torch.tensor(y))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    loss.teacher = None                                      # validation: the hard loss alone
+    assert float(loss(torch.tensor(s, dtype=torch.float32), torch.tensor(y))) == pytest.approx(ce, rel=1e-5)
+
+
+def test_multi_label_loss_matches_a_hand_computed_value():
+    s = np.array([[1.0, -2.0, 0.5], [-0.3, 0.7, 2.0]])
+    t = np.array([[3.0, -1.0, -0.5], [0.0, 2.0, 1.0]])
+    y = np.array([[1, 0, 0], [0, 1, 1]], dtype=float)
+    T, alpha = 2.0, 0.3
+    sig = lambda z: 1 / (1 + np.exp(-z))                     # noqa: E731
+
+    def bce(z, target):
+        return -(target * np.log(sig(z)) + (1 - target) * np.log(1 - sig(z)))
+    p = sig(t / T)
+    expected = alpha * bce(s, y).mean() + (1 - alpha) * T * T * bce(s / T, p).mean()
+
+    loss = distill.DistillationLoss(losses.make(LossConfig(), multi_label=True), True, T, alpha)
+    loss.teacher = torch.tensor(p, dtype=torch.float32)
+    got = loss(torch.tensor(s, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_under_mixup_the_hard_part_is_mixed_and_the_soft_part_kept():
+    """fastai's MixUp calls the loss with reduction 'none' once per target set and lerps."""
+    from fastai.callback.mixup import MixUp
+
+    torch.manual_seed(0)
+    s, p = torch.randn(4, 3), torch.randn(4, 3).softmax(1)
+    y, y1 = torch.tensor([0, 1, 2, 0]), torch.tensor([2, 2, 1, 0])
+    lam = torch.tensor([0.9, 0.6, 0.7, 0.55])
+    T, alpha = 2.0, 0.4
+    loss = distill.DistillationLoss(losses.make(LossConfig()), False, T, alpha)
+    loss.teacher = p
+    assert loss.y_int                                        # so MixUp mixes losses, not labels
+    mix = MixUp(0.4)
+    mix.old_lf, mix.lam, mix.yb1 = loss, lam, (y1,)
+    mix.learn = SimpleNamespace(training=True)
+    got = mix.lf(s, y)
+    ce = lambda target: F.cross_entropy(s, target, reduction="none")    # noqa: E731
+    kd = T * T * (p * (p.log() - F.log_softmax(s / T, 1))).sum(1)
+    expected = (alpha * torch.lerp(ce(y1), ce(y), lam) + (1 - alpha) * kd).mean()
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.reduction == "mean"                          # put back
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with the tiny colour dataset and two tiny teacher runs (train seeds 42 and 7,
+    one split): runs/teacher and runs/teacher2."""
+    work = tmp_path_factory.mktemp("distill")
+    make_folder_dataset(work / "data" / "shapes", n_per_class=10)
+    write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 2})
+    from clfapp.cli.main import app
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        for name, seed in (("teacher", "42"), ("teacher2", "7")):
+            r = CliRunner().invoke(app, ["fit", "tiny.toml", "--name", name, "--seed", seed])
+            assert r.exit_code == 0, r.output
+    return work
+
+
+@pytest.fixture
+def here(work, monkeypatch):
+    monkeypatch.chdir(work)
+    return work
+
+
+def _valid(run) -> set[str]:
+    s = pd.read_csv(run / "splits.csv")
+    return set(s.loc[s["split"] == "valid", "path"])
+
+
+def test_distill_a_tiny_run_into_another_arch_and_size(cli, here):
+    result = cli("distill", "runs/teacher", "--arch", "resnet10t", "--no-pretrained",
+                 "--size", "24", "--epochs", "1", "--name", "student")
+    assert result.exit_code == 0, result.output
+    run = here / "runs" / "student"
+    for f in ("config.toml", "splits.csv", "results.csv", "metrics.json", "report.md",
+              "model/weights.safetensors", "model/model.json", "distill.json"):
+        assert (run / f).is_file(), f
+    _, meta = bundle.load(run)
+    assert (meta.arch, meta.size) == ("resnet10t", 24)
+    record = json.loads((run / "distill.json").read_text())
+    assert record["kind"] == "run" and record["cached"] is False
+    assert record["temperature"] == 1.5 and record["alpha"] == 0.5
+    assert len(record["teacher_seconds_by_epoch"]) == 1 and record["teacher_seconds_per_epoch"] > 0
+    assert _valid(run) == _valid(here / "runs" / "teacher")   # validates on the teacher's images
+    rows = pd.read_csv(run / "results.csv")
+    assert list(rows.columns)[:4] == ["epoch", "phase", "train_loss", "valid_loss"] and len(rows) == 1
+    assert "the teacher cost" in (run / "report.md").read_text()
+    pred = cli("predict", run, "data/shapes")
+    assert pred.exit_code == 0, pred.output
+
+
+@pytest.mark.parametrize("mixup", [False, True])
+def test_the_teacher_sees_the_augmented_batch_the_student_sees(cli, here, monkeypatch, mixup):
+    """Every training batch, the teacher's input (un-normalised with its stats, at its 32 px)
+    is the student's augmented (and MixUp-mixed) batch (un-normalised, resized from 24 px)."""
+    seen = {"student": [], "teacher": []}
+    stats = {}
+    original = distill.attach
+
+    def spying_attach(prep, teacher, *args, **kwargs):
+        cb = original(prep, teacher, *args, **kwargs)
+        stats["student"] = prep.arch.mean, prep.arch.std
+        stats["teacher"] = teacher.members[0].meta.mean, teacher.members[0].meta.std
+
+        def student_hook(module, inputs):
+            if module.training:
+                seen["student"].append(inputs[0].detach().float().clone())
+        prep.learn.model.register_forward_pre_hook(student_hook)
+        teacher.members[0].model.register_forward_pre_hook(
+            lambda m, inputs: seen["teacher"].append(inputs[0].detach().float().clone()))
+        return cb
+    monkeypatch.setattr(distill, "attach", spying_attach)
+    extra = ["--set", "aug.mixup=0.4"] if mixup else []
+    result = cli("distill", "runs/teacher", "--arch", "test_resnet", "--no-pretrained",
+                 "--size", "24", "--epochs", "1", "--name", f"spy{int(mixup)}", *extra)
+    assert result.exit_code == 0, result.output
+    assert len(seen["teacher"]) == len(seen["student"]) > 0
+
+    def unnorm(x, mean_std):
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in mean_std)
+        return x * std + mean
+    train = pd.read_csv(here / "runs" / "teacher" / "splits.csv").query("split == 'train'")
+    raw, _ = images.read_many(train["path"].tolist(), 24, "squish")
+    raw = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255
+    changed = 0
+    for s, t in zip(seen["student"], seen["teacher"]):
+        assert t.shape[-1] == 32 and s.shape[-1] == 24
+        s01 = unnorm(s, stats["student"])
+        expected = F.interpolate(s01, size=(32, 32), mode="bilinear", align_corners=False)
+        assert torch.allclose(unnorm(t, stats["teacher"]), expected, atol=1e-4)
+        gap = (s01[:, None] - raw[None]).abs().flatten(2).amax(2).amin(1)  # to the nearest raw image
+        changed += int((gap > 0.05).sum())
+    assert changed > 0   # the batches were augmented: not the decoded images themselves
+
+
+def test_the_cached_teacher_gives_the_live_loss_without_augmentation(cli, here, monkeypatch):
+    record = []
+    forward = distill.DistillationLoss.forward
+
+    def recording(self, logits, targets):
+        out = forward(self, logits, targets)
+        if self.teacher is not None:
+            record.append((self.teacher.detach().clone(), float(out)))
+        return out
+    monkeypatch.setattr(distill.DistillationLoss, "forward", recording)
+    runs = {}
+    for route in ("--live-teacher", "--cache-teacher"):
+        record.clear()
+        result = cli("distill", "runs/teacher", "--arch", "test_resnet", "--no-pretrained",
+                     "--epochs", "2", "--set", "aug.enabled=false", route,
+                     "--name", f"route{route}")
+        assert result.exit_code == 0, result.output
+        runs[route] = list(record)
+    live, cached = runs["--live-teacher"], runs["--cache-teacher"]
+    assert len(live) == len(cached) > 2
+    for (t_live, l_live), (t_cache, l_cache) in zip(live, cached):
+        assert torch.allclose(t_live, t_cache, atol=1e-5)
+        assert l_live == pytest.approx(l_cache, rel=1e-4, abs=1e-6)
+    record = json.loads((here / "runs" / "route--cache-teacher" / "distill.json").read_text())
+    assert record["cached"] is True and record["cache_seconds"] > 0
+
+
+def test_a_two_member_ensemble_teaches_with_its_weighted_mean(cli, here):
+    ens = here / "ens"
+    shutil.rmtree(ens, ignore_errors=True)
+    for member in ("teacher", "teacher2"):
+        shutil.copytree(here / "runs" / member / "model", ens / "members" / member / "model")
+    shutil.copy(here / "runs" / "teacher" / "splits.csv", ens / "splits.csv")
+    _, meta = bundle.load(here / "runs" / "teacher")
+    (ens / "ensemble.json").write_text(json.dumps({
+        "format": 1, "kind": "ensemble", "vote": "soft", "weights": [0.75, 0.25],
+        "members": ["teacher", "teacher2"], "classes": meta.classes, "multi_label": False,
+        "label_delim": " ", "thresholds": None}))
+
+    teacher = distill.load_teacher(ens)
+    x = torch.rand(5, 3, 32, 32)
+    want = 0
+    for w, member in ((0.75, "teacher"), (0.25, "teacher2")):
+        model, m = bundle.load(ens / "members" / member)
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (m.mean, m.std))
+        with torch.no_grad():
+            want = want + w * (model((x - mean) / std) / 2.0).softmax(1)
+    assert torch.allclose(teacher.probabilities(x, 2.0), want, atol=1e-5)
+
+    no_data = cli("distill", ens, "--arch", "test_resnet")
+    assert_usage_error(no_data, "--data")
+    result = cli("distill", ens, "--arch", "test_resnet", "--no-pretrained", "--data", "data/shapes",
+                 "--epochs", "1", "--bs", "8", "--lr", "1e-2", "--set", "train.freeze_epochs=0",
+                 "--set", "train.precision=fp32", "--name", "from-ens")
+    assert result.exit_code == 0, result.output
+    run = here / "runs" / "from-ens"
+    record = json.loads((run / "distill.json").read_text())
+    assert record["kind"] == "ensemble"
+    assert [m["name"] for m in record["members"]] == ["teacher", "teacher2"]
+    assert [m["weight"] for m in record["members"]] == [0.75, 0.25]
+    assert _valid(run) == _valid(ens)
+    assert bundle.load(run)[1].size == 32   # the first member's size
+
+
+def test_bad_teachers_and_options_exit_2_with_one_line(cli, here, tmp_path):
+    assert_usage_error(cli("distill", tmp_path / "nowhere", "--arch", "test_resnet"), "not a folder")
+    assert_usage_error(cli("distill", tmp_path, "--arch", "test_resnet"), "no model bundle")
+    assert_usage_error(cli("distill", "runs/teacher", "--arch", "test_resnet", "--alpha", "1.5"), "--alpha")
+    assert_usage_error(cli("distill", "runs/teacher", "--arch", "test_resnet", "--temperature", "0"),
+                       "--temperature")
+    assert_usage_error(cli("distill", "runs/teacher"), "--arch")
+    assert_usage_error(cli("distill", "runs/teacher", "--arch", "test_resnet", "--no-pretrained",
+                           "--cache-teacher", "--set", "aug.mixup=0.4", "--name", "cm"), "MixUp")
+    assert not (here / "runs" / "cm").exists()
+
+
+def test_a_teacher_with_other_classes_is_refused():
+    t = distill.Teacher(folder=__import__("pathlib").Path("t"), kind="run", members=[],
+                        classes=["a", "b"], multi_label=False)
+    with pytest.raises(UsageError, match="classes"):
+        t.match(["a", "c"], False)
+    with pytest.raises(UsageError, match="multi-label"):
+        t.match(["a", "b"], True)
