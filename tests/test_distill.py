@@ -245,6 +245,18 @@ def test_a_two_member_ensemble_teaches_with_its_weighted_mean(cli, here):
     assert bundle.load(run)[1].size == 32   # the first member's size
 
 
+def test_an_ensemble_made_by_clfapp_teaches_without_data(cli, here):
+    """`clfapp ensemble` keeps each member's config.toml: distill takes the data from it."""
+    made = cli("ensemble", "runs/teacher", "runs/teacher2", "--name", "made")
+    assert made.exit_code == 0, made.output
+    ens = here / "runs" / "made"
+    assert (ens / "members" / "teacher" / "config.toml").is_file()
+    result = cli("distill", ens, "--arch", "test_resnet", "--no-pretrained", "--epochs", "1",
+                 "--name", "from-made")
+    assert result.exit_code == 0, result.output
+    assert _valid(here / "runs" / "from-made") == _valid(ens)
+
+
 def test_bad_teachers_and_options_exit_2_with_one_line(cli, here, tmp_path):
     assert_usage_error(cli("distill", tmp_path / "nowhere", "--arch", "test_resnet"), "not a folder")
     assert_usage_error(cli("distill", tmp_path, "--arch", "test_resnet"), "no model bundle")

@@ -8,6 +8,8 @@ ENSEMBLE/
                   probabilities; null = 0.5), created, versions
   members/NAME/model/   each member's own bundle (weights.safetensors + model.json)
   members/NAME/splits.csv   each member's recorded split (provenance, overlap check)
+  members/NAME/config.toml  each member's resolved config (provenance; `distill` takes the
+                  student's data settings from the first member's)
   splits.csv      the items the members share; the shared validation items have split == "valid"
   metrics.json, report.md   each member and the ensemble on the shared validation items
 ```
@@ -420,8 +422,9 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
             src = bundle.find(run)
             for f in (bundle.WEIGHTS, bundle.META):
                 shutil.copy2(src / f, target / "model" / f)
-            if (run / "splits.csv").is_file():
-                shutil.copy2(run / "splits.csv", target / "splits.csv")
+            for record in ("splits.csv", "config.toml"):  # provenance; distill reads the config
+                if (run / record).is_file():
+                    shutil.copy2(run / record, target / record)
         shared.to_csv(folder / "splits.csv", index=False)
         meta = EnsembleMeta(vote=vote, weights=w, members=names, classes=list(first.classes),
                             multi_label=first.multi_label, label_delim=first.label_delim,
