@@ -15,7 +15,6 @@ from pathlib import Path
 
 import math
 
-import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TrackerCallback

@@ -169,7 +169,7 @@ def markdown(table, described: str, settings: dict) -> str:
             return "n/a" if np.isnan(v) else (f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}")
         return "n/a" if v is None else str(v)
     cols = list(table.columns)
-    lines = [f"# Model comparison", "",
+    lines = ["# Model comparison", "",
              f"Quality on the {described}. Speed: CPU, {settings['threads']} thread(s), "
              f"{settings['precision']}, median of {settings['repeats']} runs after warm-up, on "
              f"{settings['timed_on']}.", "",

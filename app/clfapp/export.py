@@ -77,26 +77,12 @@ def read_source(folder: Path) -> tuple[list[Member], dict]:
                      thresholds=meta.thresholds, label_delim=meta.label_delim, vote=None,
                      weights=None)
         return [Member(folder.name, folder, meta, 1.0)], facts
-    path = folder / ENSEMBLE_FILE
-    try:
-        ens = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}")
-    if not isinstance(ens, dict) or ens.get("kind") != "ensemble":
-        raise UsageError(f"{path} is not a clfapp ensemble description (kind != 'ensemble')")
-    if not isinstance(ens.get("format", 1), int) or ens.get("format", 1) > 1:
-        raise UsageError(f"{folder} was written by a newer clfapp (ensemble format "
-                         f"{ens.get('format')!r}); upgrade clfapp")
-    names, weights = ens.get("members") or [], ens.get("weights")
-    if not names or not isinstance(names, list):
-        raise UsageError(f"{path} names no members")
-    if weights is None:
-        weights = [1.0 / len(names)] * len(names)
-    if (not isinstance(weights, list) or len(weights) != len(names)
-            or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or sum(weights) <= 0):
-        raise UsageError(f"{path}: weights must be one non-negative number per member, got {weights!r}")
-    if ens.get("vote", "soft") != "soft":
-        raise UsageError(f"{folder} is a {ens.get('vote')!r}-vote ensemble: its answer is a majority "
+    from . import ensemble
+
+    ens = ensemble.read_meta(folder)  # one reader of ensemble.json, with its checks
+    names, weights = ens.members, ens.weights
+    if ens.vote != "soft":
+        raise UsageError(f"{folder} is a {ens.vote!r}-vote ensemble: its answer is a majority "
                          "of member labels, not probabilities, so it has no ONNX graph; only "
                          "soft-vote ensembles export (make one with vote 'soft')")
     total = float(sum(weights))
@@ -105,14 +91,13 @@ def read_source(folder: Path) -> tuple[list[Member], dict]:
         where = folder / "members" / str(name)
         meta = bundle.read_meta(where)
         members.append(Member(str(name), where, meta, float(w) / total))
-    classes = ens.get("classes") or members[0].meta.classes
-    multi = bool(ens.get("multi_label", members[0].meta.multi_label))
+    classes, multi = ens.classes, bool(ens.multi_label)
     for m in members:
         if list(m.meta.classes) != list(classes) or bool(m.meta.multi_label) != multi:
             raise UsageError(f"ensemble member {m.name} does not share the ensemble's classes "
                              f"(in the same order) and multi-label flag; it cannot be averaged")
     facts = dict(kind="ensemble", classes=list(classes), multi_label=multi,
-                 thresholds=ens.get("thresholds"), label_delim=ens.get("label_delim", " "),
+                 thresholds=ens.thresholds, label_delim=ens.label_delim,
                  vote="soft", weights=[m.weight for m in members])
     return members, facts
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,12 +155,8 @@ class OnnxPredictor:
             arrays = [a[[k.index(j) for j in ok]] for a, k in decoded]
             out.append(self.probabilities_of(arrays, bs=bs))
             kept.append(np.asarray(ok) + start)
-        if not out:
-            raise UsageError("none of the images could be read")
-        skipped = len(paths) - sum(map(len, kept))
-        if skipped:
-            print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
-        return np.concatenate(out), np.concatenate(kept)
+        from .predict import gathered  # numpy only: no torch comes with it
+        return gathered(out, kept, len(paths))
 
 
 def _to_input(pixels: np.ndarray) -> np.ndarray:

@@ -152,12 +152,7 @@ class Predictor:
             if len(idx):
                 out.append(self.forward(x, tta).numpy())
                 kept.append(idx.numpy())
-        if not out:
-            raise UsageError("none of the images could be read")
-        skipped = len(paths) - sum(map(len, kept))
-        if skipped:
-            print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
-        return np.concatenate(out), np.concatenate(kept)
+        return gathered(out, kept, len(paths))
 
 
 def load_predictor(folder: Path):
@@ -168,6 +163,17 @@ def load_predictor(folder: Path):
     if ensemble.is_ensemble(folder):
         return ensemble.EnsemblePredictor(folder)
     return Predictor(folder)
+
+
+def gathered(probs: list[np.ndarray], kept: list[np.ndarray], n_paths: int):
+    """(probs, kept indices) from per-batch pieces; says how many images were unreadable, and
+    stops when none could be read (every predictor ends this way)."""
+    if not probs:
+        raise UsageError("none of the images could be read")
+    skipped = n_paths - sum(map(len, kept))
+    if skipped:
+        print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
+    return np.concatenate(probs), np.concatenate(kept)
 
 
 def decision_thresholds(meta, override: float | None = None) -> np.ndarray:
