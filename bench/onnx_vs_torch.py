@@ -53,9 +53,9 @@ def main() -> None:
     import torch
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    from clfapp import export, onnx_predict
+    from clfapp.infer import export, onnx_predict
     from clfapp.errors import UsageError
-    from clfapp.predict import Predictor
+    from clfapp.infer.predict import Predictor
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

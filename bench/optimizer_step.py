@@ -48,7 +48,7 @@ def build(name: str, net):
     from fastai.optimizer import Adam, OptimWrapper
     from fastai.torch_core import norm_bias_params
 
-    from clfapp import optim
+    from clfapp.models import optim
 
     factory = {
         "fastai Adam": partial(Adam, mom=0.9, sqr_mom=0.99, eps=1e-5),

@@ -21,8 +21,8 @@ from fastai.vision.all import (ColReader, DataBlock, F1ScoreMulti, ImageBlock,  
 from PIL import Image  # noqa: E402
 from fastai.data.transforms import IndexSplitter  # noqa: E402
 
-from clfapp.splits import iterative  # noqa: E402  (only for the same split)
-from clfapp.weights import _from_pip_package  # noqa: E402  (only to find the weights file)
+from clfapp.data.splits import iterative  # noqa: E402  (only for the same split)
+from clfapp.models.weights import _from_pip_package  # noqa: E402  (only to find the weights file)
 
 path = sys.argv[1] if len(sys.argv) > 1 else "../shared/datasets/idl_multilabel"
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 2

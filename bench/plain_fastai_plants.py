@@ -15,7 +15,7 @@ from fastai.vision.all import (ImageDataLoaders, Resize, ResizeMethod, accuracy,
                                aug_transforms, vision_learner)
 from PIL import Image  # noqa: E402
 
-from clfapp.weights import _from_pip_package  # noqa: E402  (only to find the weights file)
+from clfapp.models.weights import _from_pip_package  # noqa: E402  (only to find the weights file)
 
 path = sys.argv[1] if len(sys.argv) > 1 else "../shared/datasets/plant_seedlings"
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 3

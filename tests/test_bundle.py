@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from clfapp import bundle, config, models, train
+from clfapp.infer import bundle
+
+from clfapp import config, models, train
 from clfapp.errors import UsageError
-from clfapp.predict import Predictor
+from clfapp.infer.predict import Predictor
 
 from conftest import make_folder_dataset, write_recipe
 

@@ -39,7 +39,7 @@ def _table(result) -> pd.DataFrame:
 
 
 def test_compare_runs_and_an_ensemble(cli, work, monkeypatch):
-    from clfapp import bundle
+    from clfapp.infer import bundle
 
     monkeypatch.chdir(work)
     result = cli("compare", "runs/a", "runs/b", "runs/ab", "--repeats", "3", "--threads", "1")

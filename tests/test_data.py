@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clfapp import data, images, splits
+from clfapp import data
+
+from clfapp.data import images, splits
 from clfapp.config import DataConfig
 from clfapp.errors import UsageError
 

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from conftest import assert_usage_error, make_folder_dataset, write_recipe
 from typer.testing import CliRunner
 
-from clfapp import bundle, distill, images, losses
+from clfapp.infer import bundle
+
+from clfapp.train import distill
+
+from clfapp.data import images
+
+from clfapp.models import losses
 from clfapp.config import LossConfig
 from clfapp.errors import UsageError
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import COLOURS, assert_usage_error, make_folder_dataset, write_recipe
 from PIL import Image
 
-from clfapp import ensemble
+from clfapp.infer import ensemble
 
 
 # --- voting (unit) --------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_export_writes_onnx_with_metadata_and_passes_parity_on_validation_images
 def test_exported_graph_has_a_dynamic_batch_and_normalises_inside(exported):
     import torch
 
-    from clfapp import bundle
+    from clfapp.infer import bundle
     _, run, folder = exported
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     model, meta = bundle.load(run)
@@ -106,9 +106,9 @@ def test_predict_with_the_onnx_backend_matches_pytorch(exported, cli, tmp_path):
 
 
 def test_onnx_predictor_serves_evaluate_too(exported):
-    from clfapp import evaluate as ev
-    from clfapp.onnx_predict import OnnxPredictor
-    from clfapp.predict import Predictor
+    from clfapp.infer import evaluate as ev
+    from clfapp.infer.onnx_predict import OnnxPredictor
+    from clfapp.infer.predict import Predictor
     _, run, _ = exported
     items, _ = ev.labelled_items(run)
     m_onnx, p_onnx, _ = ev.measure(OnnxPredictor(run), items)
@@ -164,7 +164,7 @@ def test_tampered_or_broken_exports_are_refused_cleanly(exported, cli, tmp_path)
 
 
 def test_a_failed_parity_check_exits_1_and_leaves_no_export(trained_run, tmp_path, monkeypatch):
-    from clfapp import onnx_predict
+    from clfapp.infer import onnx_predict
     _, run = trained_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -254,9 +254,9 @@ def two_runs(tmp_path_factory):
 
 
 def test_ensemble_exports_as_one_graph_giving_the_weighted_mean_of_its_members(two_runs, tmp_path, cli):
-    from clfapp import images
-    from clfapp.onnx_predict import OnnxPredictor
-    from clfapp.predict import Predictor
+    from clfapp.data import images
+    from clfapp.infer.onnx_predict import OnnxPredictor
+    from clfapp.infer.predict import Predictor
     work, a, b = two_runs
     ens = _ensemble(tmp_path / "ens", {"small": b, "big": a}, [0.3, 0.7])
     r = _export(ens)

@@ -14,7 +14,11 @@ import pytest
 import torch
 from conftest import write_recipe
 
-from clfapp import bundle, callbacks, models
+from clfapp.infer import bundle
+
+from clfapp.models import callbacks
+
+from clfapp import models
 from clfapp.errors import UsageError
 
 

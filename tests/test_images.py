@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clfapp import images
+from clfapp.data import images
 
 from conftest import COLOURS, make_image
 

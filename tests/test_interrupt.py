@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from clfapp import callbacks
+from clfapp.models import callbacks
 from clfapp.cli.main import app
 
 

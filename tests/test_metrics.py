@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from clfapp import bundle, evaluate, metrics, models, thresholds, train
-from clfapp.predict import Predictor
+from clfapp.infer import bundle, evaluate, metrics, thresholds
+
+from clfapp import models, train
+from clfapp.infer.predict import Predictor
 
 from conftest import COLOURS, TINY_ARCH, make_folder_dataset, make_image, write_recipe
 

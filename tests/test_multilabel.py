@@ -10,7 +10,13 @@ import pytest
 import torch
 from conftest import SHARED_DATASETS, write_recipe
 
-from clfapp import bundle, data, losses, samples, splits, thresholds
+from clfapp.infer import bundle, thresholds
+
+from clfapp import data
+
+from clfapp.models import losses
+
+from clfapp.data import samples, splits
 from clfapp.config import DataConfig, LossConfig
 from clfapp.errors import UsageError
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from clfapp import optim
+from clfapp.models import optim
 
 LR, WD = 0.01, 0.1
 

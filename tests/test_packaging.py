@@ -132,7 +132,7 @@ def test_fast_bf16_detection_without_torchs_detectors(monkeypatch, flags, expect
     then "auto" precision must still find AMX / AVX512-BF16, from the CPU's flags."""
     import torch
 
-    from clfapp import callbacks
+    from clfapp.models import callbacks
 
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.delattr(torch.cpu, name, raising=False)
@@ -142,7 +142,7 @@ def test_fast_bf16_detection_without_torchs_detectors(monkeypatch, flags, expect
 
 
 def test_cpu_flags_reads_this_machine():
-    from clfapp import callbacks
+    from clfapp.models import callbacks
 
     flags = callbacks.cpu_flags()
     if Path("/proc/cpuinfo").is_file():

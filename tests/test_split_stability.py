@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clfapp import data, splits
+from clfapp import data
+
+from clfapp.data import splits
 from clfapp.config import Config, DataConfig, TrainConfig
 
 from conftest import COLOURS, make_folder_dataset

@@ -9,9 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from clfapp import bundle, images, models
+from clfapp.infer import bundle
+
+from clfapp.data import images
+
+from clfapp import models
 from clfapp.config import AugConfig
-from clfapp.predict import Predictor, tta_flips_for
+from clfapp.infer.predict import Predictor, tta_flips_for
 
 from conftest import COLOURS, TINY_ARCH, make_folder_dataset
 

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from clfapp import config, models, train, weights
+from clfapp import config, models, train
+
+from clfapp.models import weights
 from clfapp.errors import UsageError
 
 from conftest import TINY_ARCH, assert_usage_error, write_recipe

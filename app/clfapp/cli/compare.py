@@ -22,8 +22,8 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
 
     Prints the table and writes comparison.csv and comparison.md into runs/compare-N.
     """
-    from .. import compare as cmp
-    from .. import runs
+    from ..infer import compare as cmp
+    from ..report import runs
 
     if repeats < 1:
         raise common.UsageError(f"--repeats must be at least 1, got {repeats}")

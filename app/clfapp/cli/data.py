@@ -15,6 +15,6 @@ app = typer.Typer(help="Datasets: embedded samples.", no_args_is_help=True, rich
 def sample(name: Annotated[str, typer.Argument(help="Sample to write: digits.")],
            out: Annotated[Optional[Path], typer.Option("--out", help="Target folder (default data/NAME).")] = None):
     """Write an embedded dataset (no network needed) as image files in ImageNet layout."""
-    from .. import samples
+    from ..data import samples
 
     samples.make(name, out or Path("data") / name)

@@ -39,8 +39,8 @@ def distill(teacher: Teacher, arch: StudentArch = None, temperature: Temperature
     from dataclasses import replace
     from pathlib import Path
 
-    from .. import distill as core
-    from .. import runs
+    from ..train import distill as core
+    from ..report import runs
     from .fit import EXIT_CODES
 
     core.check_options(temperature, alpha)

@@ -31,8 +31,9 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more run 
     Writes ensemble.json, members/, splits.csv, metrics.json and report.md (each member and the
     ensemble on the shared validation images).
     """
-    from .. import ensemble as ens
-    from .. import report, runs
+    from ..infer import ensemble as ens
+    from .. import report
+    from ..report import runs
 
     folders = [runs.existing(m) for m in members]
     parsed = None

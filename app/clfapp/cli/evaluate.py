@@ -23,8 +23,10 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
 
     Writes metrics.json, report.md and plots/confusion_matrix.png into RUN/eval-N.
     """
-    from .. import evaluate as ev
-    from .. import ensemble, predict, report, runs
+    from ..infer import evaluate as ev
+    from ..infer import ensemble, predict
+    from .. import report
+    from ..report import runs
 
     folder = runs.existing(run)
     predictor = predict.load_predictor(folder)

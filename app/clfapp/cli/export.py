@@ -22,8 +22,8 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
     ONNX Runtime against PyTorch on the run's validation images: beyond --tolerance it exits 1
     and removes the export. Use it with `clfapp predict RUN PATHS --backend onnx`.
     """
-    from .. import export as ex
-    from .. import runs
+    from ..infer import export as ex
+    from ..report import runs
 
     if fmt != "onnx":
         raise common.UsageError(f"--format must be onnx (the only export format), got {fmt!r}")

@@ -21,7 +21,8 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
     plots/ and the model bundle (model/) into the run folder. Whatever stops training early
     (Ctrl-C: exit 130, SIGTERM: 143, a NaN/inf loss or an error: 1) still saves the best epoch so far.
     """
-    from .. import runs, train
+    from ..report import runs
+    from .. import train
 
     cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_,
                                 split_seed, splits_from)

@@ -13,7 +13,8 @@ def lr_find(recipe: common.Recipe, data: common.Data = None, arch: common.Arch =
     Saves plots/lr_find.png and lr_find.json (suggestions and the loss curve) in a new folder
     runs/RECIPE-lr-N. Use the valley with `clfapp fit RECIPE --lr VALUE`, or `--lr auto`.
     """
-    from .. import runs, train
+    from ..report import runs
+    from .. import train
 
     cfg = common.resolve_config(recipe, data, arch, size, None, bs, None, seed, weights, pretrained, set_)
     folder = runs.new_folder(runs.RUNS_DIR, f"{cfg.recipe}-lr", name)

@@ -25,8 +25,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     Loads only the safe bundle (safetensors + model.json); unreadable images are skipped with a
     warning naming them.
     """
-    from .. import predict as pr
-    from .. import runs
+    from ..infer import predict as pr
+    from ..report import runs
 
     if fmt not in ("csv", "json"):
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
@@ -38,7 +38,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     folder = runs.existing(run)
     files = pr.collect_paths(paths)
     if backend == "onnx":
-        from ..onnx_predict import OnnxPredictor
+        from ..infer.onnx_predict import OnnxPredictor
         predictor = OnnxPredictor(folder)
     else:
         predictor = pr.load_predictor(folder)

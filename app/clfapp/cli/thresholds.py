@@ -20,9 +20,11 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     before and after, the per-label table and the metric-versus-threshold curve into
     RUN/thresholds-N.
     """
-    from .. import evaluate as ev
-    from .. import predict, report, runs
-    from .. import thresholds as th
+    from ..infer import evaluate as ev
+    from ..infer import predict
+    from .. import report
+    from ..report import runs
+    from ..infer import thresholds as th
 
     if metric not in th.METRICS:
         raise common.UsageError(f"--metric must be one of {', '.join(th.METRICS)}, got {metric!r}")

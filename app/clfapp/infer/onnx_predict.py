@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
-from .errors import UsageError
+from ..data import images
+from ..errors import UsageError
 from .export import FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def hash_units(keys, seed: int) -> np.ndarray:

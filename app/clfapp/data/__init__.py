@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import images, splits
-from .config import Config, DataConfig
-from .errors import UsageError
+from ..config import Config, DataConfig
+from ..errors import UsageError
 
 SPLIT_FOLDERS = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid",
                  "test": "test"}

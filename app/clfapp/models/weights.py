@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # arch → (pip package, module, class with get_model_file_path())
 PIP_WEIGHTS = {

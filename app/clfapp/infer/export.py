@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bundle, images
-from .errors import UsageError
+from . import bundle
+
+from ..data import images
+from ..errors import UsageError
 
 ONNX_FILE, META_FILE = "model.onnx", "onnx.json"
 ENSEMBLE_FILE = "ensemble.json"
@@ -310,7 +312,7 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
     """
     import shutil
 
-    from . import runs
+    from ..report import runs
     from .onnx_predict import OnnxPredictor
 
     if not MIN_OPSET <= opset <= MAX_OPSET:

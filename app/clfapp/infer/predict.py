@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
-from .errors import UsageError
+from ..data import images
+from ..errors import UsageError
 
 
 def collect_paths(inputs: list[str]) -> list[str]:

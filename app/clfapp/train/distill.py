@@ -64,8 +64,8 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from torch import nn
 
-from . import bundle
-from .errors import UsageError
+from ..infer import bundle
+from ..errors import UsageError
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -375,7 +375,7 @@ def run(cfg, folder: Path, teacher: Teacher, temperature: float = 1.5, alpha: fl
         cache: bool = False):
     """Fit the student per `cfg` into `folder` distilling from `teacher`; write distill.json
     and a report.md line. Returns train.FitResult."""
-    from . import train
+    from .. import train
 
     check_options(temperature, alpha)
     if cache and (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0):

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FORMAT = 1
 FILE = "ensemble.json"
@@ -216,7 +216,7 @@ class EnsemblePredictor:
         skipped with a warning."""
         from fastprogress.fastprogress import progress_bar
 
-        from . import images
+        from ..data import images
 
         groups: dict[tuple, list[int]] = {}
         for i, m in enumerate(self.members):
@@ -311,7 +311,7 @@ def shared_items(runs: list[Path], data_given: bool):
     some member has no splits.csv."""
     import pandas as pd
 
-    from . import splits
+    from ..data import splits
 
     recorded = {}
     for r in runs:
@@ -360,7 +360,7 @@ def _thresholds_config(run: Path) -> tuple[str, str]:
     """(metric, mode) of a run's config.toml [thresholds], or the defaults."""
     import tomllib
 
-    from .config import ThresholdsConfig
+    from ..config import ThresholdsConfig
     try:
         table = tomllib.loads((run / "config.toml").read_text()).get("thresholds", {})
     except (OSError, tomllib.TOMLDecodeError):
@@ -385,7 +385,8 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
     """Make parent/NAME (or parent/ensemble-N): copy the members in, write ensemble.json and
     the shared splits.csv, measure each member and the ensemble, search multi-label thresholds
     (soft vote) on the ensemble's own probabilities, write metrics.json and report.md."""
-    from . import bundle, runs as runfolders
+    from . import bundle
+    from ..report import runs as runfolders
     from . import thresholds as th
 
     runs = [Path(r) for r in runs]
@@ -450,7 +451,7 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
 
 def _warn_trained_on(runs: list[Path], items) -> None:
     """Say on stderr when members trained on some of the images the ensemble is measured on."""
-    from . import splits
+    from ..data import splits
     paths = set(items["path"])
     for r in runs:
         if (r / "splits.csv").is_file():
@@ -464,7 +465,7 @@ def _warn_trained_on(runs: list[Path], items) -> None:
 def write_report(built: Built, folder: Path | None = None, title: str | None = None) -> None:
     """metrics.json (the ensemble's figures plus "members") and report.md with a table of each
     member and the ensemble."""
-    from . import report
+    from .. import report
 
     meta = built.meta
     folder = folder or built.folder

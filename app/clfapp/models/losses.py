@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossConfig
-from .errors import UsageError
+from ..config import LossConfig
+from ..errors import UsageError
 
 MULTI_LABEL = ("bce", "focal_bce")
 POS_WEIGHT_CAP = 50.0

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EXPORT_META = "onnx.json"
 
@@ -126,7 +126,7 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
     import pandas as pd
     import torch
 
-    from . import images
+    from ..data import images
     from .evaluate import labelled_items
 
     if threads:

@@ -33,9 +33,9 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
     has split folders), or by default the run's own validation split from splits.csv."""
     import pandas as pd
 
-    from . import data
-    from .config import DataConfig
-    from .errors import UsageError
+    from .. import data
+    from ..config import DataConfig
+    from ..errors import UsageError
 
     if data_path:
         items = data.scan(DataConfig(path=data_path, labels=labels, label_delim=delim))
@@ -58,12 +58,12 @@ def measure(predictor, items, tta: bool = False, bs: int = 64, threshold: float 
 def score(probs, items, meta, threshold: float | None = None):
     """(metrics, truth) of probabilities `probs` for labelled `items` (rows aligned), for a
     model described by `meta` (classes, multi_label, thresholds, label_delim)."""
-    from . import data
+    from .. import data
     from .predict import decision_thresholds
 
     if meta.multi_label:
         if "labels" not in items.columns:
-            from .errors import UsageError
+            from ..errors import UsageError
             raise UsageError("this is a multi-label model; give data with a labels column")
         y = data.label_matrix(items["labels"], meta.classes, meta.label_delim)
         return multilabel_metrics(probs, y, meta.classes, decision_thresholds(meta, threshold)), y
@@ -82,7 +82,7 @@ def held_out(run, items) -> tuple[dict, dict | None] | None:
     """
     import sys
 
-    from .errors import UsageError
+    from ..errors import UsageError
     from .metrics import multi_label
     from .predict import Predictor
 

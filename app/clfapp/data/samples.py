@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def digits(target: Path) -> int:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FORMAT = 1
 WEIGHTS, META = "weights.safetensors", "model.json"
@@ -124,7 +124,7 @@ def load(path: Path):
     """(model in eval mode, meta), rebuilt from model.json and strictly loaded weights."""
     from safetensors.torch import load_model
 
-    from . import models
+    from .. import models
 
     meta = read_meta(path)
     model, _ = models.build(models.resolve(meta.arch), len(meta.classes), meta.dropout,

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bundle, config, data, evaluate, losses, models, optim, report, samples, weights
-from .config import Config
+from ..infer import bundle, evaluate
+
+from .. import config, data, models, report
+
+from ..models import losses, optim, weights
+
+from ..data import samples
+from ..config import Config
 
 
 def monitor_name(monitor: str, multi_label: bool) -> str:
@@ -24,7 +30,7 @@ def monitor_name(monitor: str, multi_label: bool) -> str:
     if monitor == "accuracy" and multi_label:
         return "accuracy_multi"
     if monitor == "f1_micro" and not multi_label:
-        from .errors import UsageError
+        from ..errors import UsageError
         raise UsageError("train.monitor = 'f1_micro' is for multi-label data; use accuracy or f1_macro")
     return monitor
 
@@ -68,7 +74,7 @@ def _metrics(multi_label: bool):
 
     from fastai.metrics import AccumMetric, ActivationType
 
-    from . import metrics
+    from ..infer import metrics
     act = ActivationType.Sigmoid if multi_label else ActivationType.Softmax
     return [AccumMetric(partial(metrics.epoch_score, name=name, multi_label=multi_label),
                         dim_argmax=-1, activation=act, flatten=False, to_np=True, name=name)
@@ -117,7 +123,7 @@ def prepare(cfg: Config, folder: Path) -> Prepared:
 
 def label_frequencies(ds: data.Dataset):
     """Each label's frequency (%) in every split of a multi-label dataset."""
-    from .splits import label_frequencies as freqs
+    from ..data.splits import label_frequencies as freqs
     idx = np.flatnonzero(ds.items["split"].isin(["train", "valid", "test"]).to_numpy())
     return freqs(ds.targets(idx), ds.items["split"].to_numpy()[idx], ds.classes)
 
@@ -125,7 +131,7 @@ def label_frequencies(ds: data.Dataset):
 def _precision_callbacks(precision: str) -> list:
     import torch
 
-    from .callbacks import CPUBFloat16, bf16_enabled
+    from ..models.callbacks import CPUBFloat16, bf16_enabled
     if torch.cuda.is_available() and precision != "fp32":
         from fastai.callback.fp16 import MixedPrecision
         return [MixedPrecision(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")]
@@ -200,7 +206,7 @@ def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
     the loss and adds its teacher callback there."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
-    from .callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite
+    from ..models.callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite
 
     t0 = time.perf_counter()
     (folder / "config.toml").write_text(config.dumps(cfg))
@@ -264,8 +270,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     optimistic; with a held-out test split the headline figures (top level of metrics.json,
     report.md, the summary) are the saved bundle's on it, and validation moves under "valid".
     """
-    from . import thresholds
-    from .predict import Predictor, tta_flips_for
+    from ..infer import thresholds
+    from ..infer.predict import Predictor, tta_flips_for
 
     learn, ds = prep.learn, prep.dataset
     meta = bundle.BundleMeta(
