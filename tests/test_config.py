@@ -116,7 +116,7 @@ def test_unknown_key_in_recipe_file_names_the_file(tmp_path):
     ("train.lr=-1", "positive"),
     ("data.valid_pct=lots", "number"),
     ("data.split=sideways", "not one of"),
-    ("train.opt=adamw", "not one of"),
+    ("train.opt=adamx", "not one of"),
     ("train.precision=fp8", "not one of"),
     ("data.valid_pct=1.5", "between 0 and 1"),
     ("data.size=4", "at least 8"),

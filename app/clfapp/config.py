@@ -65,6 +65,16 @@ class AugConfig:
     """MixUp's Beta(alpha, alpha) parameter (0 = off). Multi-label targets are mixed too."""
     cutmix: float = 0.0
     """CutMix's Beta(alpha, alpha) parameter (0 = off); labels mixed by patch area."""
+    saturation: float = 0.0
+    """fastai's `Saturation`: scale saturation by up to this much, in [0, 1) (0 = off)."""
+    hue: float = 0.0
+    """fastai's `Hue`: shift hue by up to about this fraction of the colour circle, [0, 1)
+    (0 = off)."""
+    brightness: float = 0.0
+    """fastai's `Brightness`, its own range in [0, 1) (0 = off); on top of `max_lighting`'s."""
+    contrast: float = 0.0
+    """fastai's `Contrast`, its own range in [0, 1) (0 = off); on top of `max_lighting`'s.
+    The four colour knobs fire with probability `p_lighting`, on training batches only."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,12 @@ class ModelConfig:
     dropout: float = 0.5
     """Dropout of fastai's head (its `ps`)."""
     concat_pool: bool = True
+    head_hidden: str = ""
+    """Hidden sizes of fastai's head (its `lin_ftrs`), e.g. "512" or "1024,256"; "" = fastai's
+    default (one hidden layer of 512); "none" = no hidden layer (pooled features → classes)."""
+    cut_blocks: int = 0
+    """Drop this many of the body's last blocks (0 = none): torchvision densenets (dense
+    blocks, 1-3) and timm models with feature stages (resnets, efficientnets, convnexts, ...)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,14 @@ class LossConfig:
     pos_weight: str = ""
     """Multi-label positive weights: "" (none), "auto" (negatives/positives per label, from the
     training split, at most 50), or one number per label separated by commas."""
+    alpha: float = -1.0
+    """Focal loss's alpha (focal, focal_bce): focal_bce weighs positive terms by alpha and
+    negative ones by 1 - alpha; focal (softmax) scales the loss by alpha (per-class alphas are
+    `class_weights`). -1 = off (torchvision's convention)."""
+    class_weights: str = ""
+    """Single-label class weights, combined with cross_entropy, label_smoothing or focal: ""
+    (none), "auto" (max(n) / n_c from the training split's class counts), or one number per
+    class, in the model's class order, separated by commas."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +126,18 @@ class TrainConfig:
     bs: int = 64
     wd: float = 0.01
     opt: str = "adam"
-    """adam | sgd | ranger | lamb."""
+    """adam (= adamw: decoupled weight decay, as fastai's Adam) | sgd | radam | ranger | lamb."""
+    momentum: float = 0.9
+    """SGD's momentum and the Adam family's beta1 (fastai's `mom`). fit_one_cycle cycles it
+    through 0.95-0.85-0.95 as fastai does, overriding this value."""
+    beta2: float = 0.99
+    """The Adam family's second-moment decay (fastai's `sqr_mom`; torch's default is 0.999)."""
+    eps: float = 1e-5
+    """The Adam family's epsilon (fastai's default; torch's is 1e-8)."""
+    lookahead_k: int = 0
+    """Lookahead (Zhang et al. 2019) around the optimizer: sync every k steps (0 = off)."""
+    lookahead_alpha: float = 0.5
+    """Lookahead's slow-weight step: slow += alpha * (fast - slow) at each sync."""
     seed: int = 42
     monitor: str = "auto"
     """Metric that picks the best epoch, which the run ends with: auto (accuracy, or f1_micro
@@ -113,6 +148,36 @@ class TrainConfig:
     """auto (bf16 on CPUs with native bf16, else fp32) | bf16 | fp32."""
     workers: int = 0
     """DataLoader worker processes. Images are decoded once and held in memory, so 0 is fastest."""
+    schedule: str = "one_cycle"
+    """LR schedule of the main phase (train/schedules.py; a pretrained model's frozen phase is
+    always one-cycle): one_cycle | flat_cos | plateau | sgdr."""
+    moms: str = ""
+    """one_cycle's momentum cycle "start,low,end", e.g. "0.95,0.85,0.95" ("" = fastai's)."""
+    plateau_monitor: str = "valid_loss"
+    """plateau: the figure watched (auto = train.monitor) | valid_loss | train_loss | accuracy |
+    f1_macro | f1_micro."""
+    plateau_patience: int = 3
+    """plateau: epochs without improvement before the LR is cut."""
+    plateau_factor: float = 0.1
+    """plateau: the LR is multiplied by this at each cut."""
+    sgdr_cycles: int = 0
+    """sgdr: cosine cycles; 0 = as many whole cycles as fit in `epochs`. The run's epoch count
+    is the cycles' total, cycle_len * (1 + mult + mult^2 + ...), not `epochs`."""
+    sgdr_cycle_len: int = 1
+    """sgdr: epochs of the first cycle."""
+    sgdr_mult: int = 2
+    """sgdr: each cycle this many times longer than the one before (1 = equal cycles)."""
+    freeze: str = "frozen_then_full"
+    """What trains after a pretrained model's frozen phase: frozen_then_full (everything) |
+    head_only (the body never unfreezes) | last_fraction (the body's last `unfreeze_fraction`
+    of layers, at `unfreeze_lr_mult` x lr)."""
+    lr_mult: float = 100.0
+    """frozen_then_full, after the frozen phase: discriminative LRs, fastai's slice(lr/lr_mult,
+    lr) over the parameter groups (fine_tune's lr_mult; 1 = one LR for all)."""
+    unfreeze_fraction: float = 0.3
+    """last_fraction: the share of the body's layers (modules holding weights) unfrozen."""
+    unfreeze_lr_mult: float = 0.1
+    """last_fraction: the unfrozen body layers train at this times the head's LR."""
 
 
 @dataclass(frozen=True)
@@ -140,11 +205,15 @@ CHOICES = {
     ("data", "split"): ("auto", "folder", "stratified", "iterative", "random"),
     ("data", "resize"): ("squish", "crop", "pad"),
     ("loss", "name"): ("auto", "cross_entropy", "label_smoothing", "focal", "bce", "focal_bce"),
-    ("train", "opt"): ("adam", "sgd", "ranger", "lamb"),
+    ("train", "opt"): ("adam", "adamw", "sgd", "radam", "ranger", "lamb"),
     ("train", "monitor"): ("auto", "accuracy", "f1_macro", "f1_micro", "valid_loss"),
     ("thresholds", "metric"): ("f1_micro", "f1_macro", "f1_samples"),
     ("thresholds", "mode"): ("global", "per-label"),
     ("train", "precision"): ("auto", "bf16", "fp32"),
+    # the registries of train/schedules.py (a test keeps them equal)
+    ("train", "schedule"): ("one_cycle", "flat_cos", "plateau", "sgdr"),
+    ("train", "freeze"): ("frozen_then_full", "head_only", "last_fraction"),
+    ("train", "plateau_monitor"): ("valid_loss", "train_loss", "auto", "accuracy", "f1_macro", "f1_micro"),
 }
 
 
@@ -198,7 +267,9 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     value = str(value)
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
-        raise UsageError(f"{where} = {value!r} is not one of: {', '.join(choices)}")
+        close = difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
+        raise UsageError(f"{where} = {value!r} is not one of: {', '.join(choices)}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else ""))
     return value
 
 
@@ -221,6 +292,67 @@ def _check_ranges(cfg: Config) -> None:
         raise UsageError("aug.mixup and aug.cutmix take a Beta alpha > 0, or 0 for off")
     if t.bs < 1:
         raise UsageError(f"train.bs must be at least 1, got {t.bs}")
+    _check_schedule(t, cfg.model.pretrained)
+    if not (0 <= t.momentum < 1 and 0 <= t.beta2 < 1 and t.eps > 0):
+        raise UsageError("train.momentum and train.beta2 must be in [0, 1) and train.eps > 0")
+    if t.lookahead_k < 0 or not 0 < t.lookahead_alpha <= 1:
+        raise UsageError("train.lookahead_k must be >= 0 (0 = off) and train.lookahead_alpha "
+                         "in (0, 1]")
+    if cfg.loss.alpha >= 0 and not 0 < cfg.loss.alpha <= 1:
+        raise UsageError(f"loss.alpha must be in (0, 1], or -1 for off, got {cfg.loss.alpha}")
+    for key in ("saturation", "hue", "brightness", "contrast"):
+        if not 0 <= getattr(cfg.aug, key) < 1:
+            raise UsageError(f"aug.{key} must be in [0, 1) (0 = off), got {getattr(cfg.aug, key)}")
+    parse_head_hidden(cfg.model.head_hidden)
+    if cfg.model.cut_blocks < 0:
+        raise UsageError(f"model.cut_blocks must be >= 0, got {cfg.model.cut_blocks}")
+
+
+def parse_head_hidden(text: str) -> list[int] | None:
+    """model.head_hidden → fastai's `lin_ftrs`: None (fastai's default), [] or sizes."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    if text == "none":
+        return []
+    try:
+        sizes = [int(x) for x in text.replace(" ", "").split(",")]
+    except ValueError:
+        sizes = [0]
+    if any(n < 1 for n in sizes):
+        raise UsageError(f"model.head_hidden = {text!r}: give sizes like \"512\" or \"1024,256\", "
+                         f"\"\" for fastai's default or \"none\"")
+    return sizes
+
+
+def _check_schedule(t: TrainConfig, pretrained: bool) -> None:
+    """train.schedule / train.freeze and their knobs (train/schedules.py)."""
+    if t.moms:
+        try:
+            moms = [float(x) for x in t.moms.split(",")]
+        except ValueError:
+            moms = []
+        if len(moms) != 3 or not all(0 <= m < 1 for m in moms):
+            raise UsageError(f"train.moms = {t.moms!r}: give three momentums in [0, 1), "
+                             f"start,low,end, e.g. \"0.95,0.85,0.95\"")
+        if t.schedule != "one_cycle":
+            raise UsageError(f"train.moms is for train.schedule = 'one_cycle', not {t.schedule!r}")
+    if not 0 < t.plateau_factor < 1:
+        raise UsageError(f"train.plateau_factor must be between 0 and 1, got {t.plateau_factor}")
+    if t.plateau_patience < 1:
+        raise UsageError(f"train.plateau_patience must be at least 1, got {t.plateau_patience}")
+    if t.sgdr_cycles < 0 or t.sgdr_cycle_len < 1 or t.sgdr_mult < 1:
+        raise UsageError("train.sgdr_cycles must be >= 0 (0 = from epochs), train.sgdr_cycle_len "
+                         "and train.sgdr_mult >= 1")
+    if t.lr_mult < 1:
+        raise UsageError(f"train.lr_mult must be at least 1 (1 = one LR for all), got {t.lr_mult}")
+    if not 0 < t.unfreeze_fraction <= 1:
+        raise UsageError(f"train.unfreeze_fraction must be in (0, 1], got {t.unfreeze_fraction}")
+    if t.unfreeze_lr_mult <= 0:
+        raise UsageError(f"train.unfreeze_lr_mult must be positive, got {t.unfreeze_lr_mult}")
+    if t.freeze != "frozen_then_full" and not pretrained:
+        raise UsageError(f"train.freeze = {t.freeze!r} needs a pretrained body; "
+                         "model.pretrained is false")
 
 
 def merge(base: dict, updates: dict, origin: str) -> dict:

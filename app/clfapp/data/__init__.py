@@ -294,7 +294,7 @@ def dataloaders(ds: Dataset, cfg: Config, stats: tuple):
     from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock, TransformBlock
     from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
     from fastai.torch_core import TensorImage
-    from fastai.vision.augment import aug_transforms
+    from fastai.vision.augment import Brightness, Contrast, Hue, Saturation, aug_transforms
 
     pixels = torch.from_numpy(ds.pixels).permute(0, 3, 1, 2)  # N,3,S,S view, no copy
     if ds.multi_label:
@@ -314,6 +314,9 @@ def dataloaders(ds: Dataset, cfg: Config, stats: tuple):
             max_zoom=a.max_zoom, max_lighting=a.max_lighting, max_warp=a.max_warp,
             p_affine=a.p_affine, p_lighting=a.p_lighting, min_scale=a.min_scale,
             size=cfg.data.size if a.min_scale < 1 else None)
+        # Colour knobs of their own (fastai's lighting transforms; split_idx 0 = training only).
+        batch_tfms += [tfm(v, p=a.p_lighting) for tfm, v in ((Saturation, a.saturation),
+                       (Hue, a.hue), (Brightness, a.brightness), (Contrast, a.contrast)) if v > 0]
     batch_tfms.append(Normalize.from_stats(*stats))
     order = np.concatenate([train_idx, valid_idx])
     block = DataBlock(

@@ -29,6 +29,10 @@ class BundleMeta:
     std: list[float]
     dropout: float = 0.5
     concat_pool: bool = True
+    head_hidden: str = ""
+    """model.head_hidden: "" = fastai's default head (also every bundle from before the field)."""
+    cut_blocks: int = 0
+    """model.cut_blocks: how many of the body's last blocks were cut off (0 = none)."""
     multi_label: bool = False
     thresholds: list[float] | None = None
     label_delim: str = " "
@@ -128,7 +132,8 @@ def load(path: Path):
 
     meta = read_meta(path)
     model, _ = models.build(models.resolve(meta.arch), len(meta.classes), meta.dropout,
-                            meta.concat_pool)
+                            meta.concat_pool, head_hidden=meta.head_hidden,
+                            cut_blocks=meta.cut_blocks)
     load_model(model, str(find(path) / WEIGHTS), strict=True)
     return model.eval(), meta
 

@@ -19,6 +19,8 @@ from .. import config, data, models, report
 
 from ..models import losses, optim, weights
 
+from . import schedules
+
 from ..data import samples
 from ..config import Config
 
@@ -55,6 +57,8 @@ class Prepared:
     dataset: data.Dataset
     arch: models.Arch
     weights_source: str
+    class_weights: dict | None = None
+    """{class: weight} the loss applies (loss.class_weights), or None."""
 
 
 def prepare_data_path(cfg: Config) -> None:
@@ -95,7 +99,7 @@ def prepare(cfg: Config, folder: Path) -> Prepared:
     from fastai.torch_core import set_seed
 
     set_seed(cfg.train.seed)
-    arch = models.resolve(cfg.model.arch)
+    arch = models.resolve(cfg.model.arch, cfg.model.pretrained, cfg.model.cut_blocks)
     found = weights.resolve(arch.source, arch.name, cfg.model.weights) if cfg.model.pretrained else None
     if found:
         print(f"pretrained weights for {arch.name}: {found.source}")
@@ -106,19 +110,36 @@ def prepare(cfg: Config, folder: Path) -> Prepared:
     print(f"{len(ds.classes)} {'labels' if ds.multi_label else 'classes'}; "
           f"{counts.get('train', 0)} train, {counts.get('valid', 0)} valid"
           + (f", {counts['test']} test (held out)" if "test" in counts else ""))
-    y_train = ds.targets(ds.indices("train")) if ds.multi_label else None
+    y_train = ds.targets(ds.indices("train"))   # class weights and pos_weight "auto" count them
     if ds.multi_label:
         print("label frequency (%) per split:\n" + label_frequencies(ds).round(1).to_string())
     dls = data.dataloaders(ds, cfg, (arch.mean, arch.std))
     model, splitter = models.build(arch, len(ds.classes), cfg.model.dropout, cfg.model.concat_pool,
-                                   found.state if found else None, found.source if found else "")
-    learn = Learner(dls, model, loss_func=losses.make(cfg.loss, ds.multi_label, y_train),
-                    opt_func=optim.make(cfg.train.opt), splitter=splitter,
+                                   found.state if found else None, found.source if found else "",
+                                   head_hidden=cfg.model.head_hidden, cut_blocks=cfg.model.cut_blocks)
+    print(models.describe(model, cfg.model.arch, cfg.model.cut_blocks), flush=True)
+    models.check_input(model, cfg.model.arch, cfg.data.size)
+    loss = losses.make(cfg.loss, ds.multi_label, y_train, len(ds.classes))
+    class_weights = _class_weights(loss, ds.classes, cfg.loss.class_weights)
+    learn = Learner(dls, model, loss_func=loss,
+                    opt_func=optim.make(cfg.train.opt, cfg.train), splitter=splitter,
                     metrics=_metrics(ds.multi_label), wd=cfg.train.wd, path=folder,
                     cbs=_precision_callbacks(cfg.train.precision) + _mixing_callbacks(cfg.aug))
     if found:
         learn.freeze()
-    return Prepared(learn, ds, arch, found.source if found else "")
+    return Prepared(learn, ds, arch, found.source if found else "", class_weights)
+
+
+def _class_weights(loss, classes: list[str], spec: str) -> dict | None:
+    """The class weights the loss applies, {class: weight}, printed in one line (and later
+    recorded in metrics.json); None without weights."""
+    w = losses.class_weights_of(loss)
+    if w is None:
+        return None
+    named = {str(c): round(float(x), 6) for c, x in zip(classes, w)}
+    how = " = max(n)/n_c of the training split" if spec == "auto" else ""
+    print(f"class weights{how}: " + ", ".join(f"{c} {x:.4g}" for c, x in named.items()))
+    return named
 
 
 def label_frequencies(ds: data.Dataset):
@@ -229,11 +250,11 @@ def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
     stop = Stop()
     try:
         with _sigterm_as_interrupt():
-            if prep.weights_source and t.freeze_epochs:
-                learn.fine_tune(t.epochs, base_lr=lr, freeze_epochs=t.freeze_epochs, cbs=cbs)
-            else:
-                learn.unfreeze()
-                learn.fit_one_cycle(t.epochs + (0 if prep.weights_source else t.freeze_epochs), lr, cbs=cbs)
+            # the frozen phase, then train.schedule under train.freeze (schedules.py); the
+            # defaults are fine_tune for pretrained models, fit_one_cycle from scratch
+            schedules.run(learn, t, lr, bool(prep.weights_source), cbs, plateau_monitor=(
+                monitor if t.plateau_monitor == "auto"
+                else monitor_name(t.plateau_monitor, prep.dataset.multi_label)))
     except Terminated:
         stop = Stop("terminated", "terminated (SIGTERM)")
     except KeyboardInterrupt:
@@ -278,6 +299,7 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
         mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
         concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
+        head_hidden=cfg.model.head_hidden, cut_blocks=cfg.model.cut_blocks,
         multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug))
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid = ds.indices("valid")
@@ -292,6 +314,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
                + (f" (training {stopped} early)" if stopped else "") + ".")
     run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
                     interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
+    if prep.class_weights:
+        run_info["class_weights"] = prep.class_weights
     if ds.multi_label:
         tuned = thresholds.tune(folder, probs, y, cfg.thresholds.metric, cfg.thresholds.mode)
         print(f"thresholds ({cfg.thresholds.mode}, {cfg.thresholds.metric}) on the validation split: "

@@ -1,0 +1,227 @@
+"""Learning-rate schedules and freezing policies: the registries behind `train.schedule` and
+`train.freeze`, built from fastai's own pieces (fit_one_cycle, fit_flat_cos, fit_sgdr,
+ReduceLROnPlateau, Learner.freeze / unfreeze).
+
+A fit of a pretrained model has up to two phases, as fastai's `fine_tune`:
+
+1. the frozen phase, `train.freeze_epochs` epochs of the head alone (fastai's freeze: the
+   body's norm layers still train, `train_bn`), always `fit_one_cycle(pct_start=0.99)` at
+   `slice(lr)`, exactly fine_tune's first call, whatever the schedule;
+2. the main phase, `train.epochs` epochs with the chosen schedule at half the LR (fine_tune's
+   `base_lr /= 2`), with what `train.freeze` makes trainable and at the per-group LRs it sets.
+
+With the default one_cycle + frozen_then_full this is `learn.fine_tune(epochs, lr,
+freeze_epochs)` call for call. A model trained from scratch (or a pretrained one with
+freeze_epochs = 0) has only the main phase: all of it trainable, at `lr`, for epochs (+
+freeze_epochs from scratch), as before.
+
+Names must match config.CHOICES (config.py cannot import this module: it would pull in torch).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import UsageError
+
+
+@dataclass
+class Phase:
+    """What a schedule needs to run the main phase."""
+    learn: object
+    epochs: int
+    lr: object            # a float, or one LR per parameter group (a list)
+    t: object             # the TrainConfig
+    cbs: list
+    after_frozen: bool    # a frozen phase ran first (fine_tune's second call)
+    plateau_monitor: str  # the fastai metric name plateau watches (resolved by fit)
+
+
+SCHEDULES: dict[str, Callable[[Phase], None]] = {}
+FREEZES: dict[str, Callable] = {}
+
+
+def schedule(name: str):
+    def register(fn):
+        SCHEDULES[name] = fn
+        return fn
+    return register
+
+
+def freeze_policy(name: str):
+    def register(fn):
+        FREEZES[name] = fn
+        return fn
+    return register
+
+
+def parse_moms(text: str) -> tuple | None:
+    """train.moms "0.95,0.85,0.95" → (0.95, 0.85, 0.95); "" → None (fastai's default)."""
+    return tuple(float(x) for x in text.split(",")) if text.strip() else None
+
+
+# ---- schedules: each runs the main phase --------------------------------------------------
+
+@schedule("one_cycle")
+def one_cycle(p: Phase) -> None:
+    """fastai's 1cycle: warm up to the peak LR, then cosine down; momentum the other way
+    (`train.moms`: start, low at the LR peak, end). After a frozen phase with fine_tune's
+    pct_start 0.3 and div 5, else fit_one_cycle's defaults (0.25, 25)."""
+    kw = dict(pct_start=0.3, div=5.0) if p.after_frozen else {}
+    p.learn.fit_one_cycle(p.epochs, p.lr, moms=parse_moms(p.t.moms), cbs=p.cbs, **kw)
+
+
+@schedule("flat_cos")
+def flat_cos(p: Phase) -> None:
+    """fastai's fit_flat_cos: the LR flat for 75% of the steps, then cosine annealed to ~0."""
+    p.learn.fit_flat_cos(p.epochs, p.lr, cbs=p.cbs)
+
+
+def _reduce_lr_on_plateau(**kwargs):
+    """fastai's ReduceLROnPlateau, cutting the LR through `opt.set_hyper`.
+
+    fastai's writes `h['lr']` into each dict of `opt.hypers`: fine for fastai's own Optimizer,
+    whose hypers are its state, but an OptimWrapper (clfapp's adam and sgd are torch's, see
+    models/optim.py) builds those dicts afresh from torch's param_groups on every read, so the
+    cut was silently lost. set_hyper reaches torch's param_groups in both.
+    """
+    from fastai.callback.tracker import ReduceLROnPlateau, TrackerCallback
+
+    class ReduceLR(ReduceLROnPlateau):
+        def after_epoch(self):
+            TrackerCallback.after_epoch(self)
+            if self.new_best:
+                self.wait = 0
+                return
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = self.opt.hypers[-1]["lr"]
+                self.opt.set_hyper("lr", [max(h["lr"] / self.factor, self.min_lr) for h in self.opt.hypers])
+                self.wait = 0
+                print(f"Epoch {self.epoch}: {self.monitor} stalled {self.patience} epoch(s); "
+                      f"lr {old:.2e} -> {self.opt.hypers[-1]['lr']:.2e}")
+    return ReduceLR(**kwargs)
+
+
+@schedule("plateau")
+def plateau(p: Phase) -> None:
+    """A constant LR (Learner.fit), multiplied by `plateau_factor` by fastai's ReduceLROnPlateau
+    whenever `plateau_monitor` has not improved for `plateau_patience` epochs."""
+    t = p.t
+    cut = _reduce_lr_on_plateau(monitor=p.plateau_monitor, patience=t.plateau_patience,
+                                factor=1 / t.plateau_factor)   # fastai divides by its factor
+    p.learn.fit(p.epochs, p.lr, cbs=p.cbs + [cut])
+
+
+def sgdr_epochs(cycles: int, cycle_len: int, mult: int) -> int:
+    """Epochs of `cycles` cosine cycles, the first `cycle_len` long, each `mult` times the last."""
+    return cycles * cycle_len if mult == 1 else cycle_len * (mult ** cycles - 1) // (mult - 1)
+
+
+def sgdr_cycles(t, epochs: int) -> int:
+    """train.sgdr_cycles, or (0) as many whole cycles as fit in `epochs` (at least one)."""
+    if t.sgdr_cycles:
+        return t.sgdr_cycles
+    n = 1
+    while sgdr_epochs(n + 1, t.sgdr_cycle_len, t.sgdr_mult) <= epochs:
+        n += 1
+    return n
+
+
+@schedule("sgdr")
+def sgdr(p: Phase) -> None:
+    """Cosine annealing with warm restarts (fastai's fit_sgdr): cycles of cycle_len,
+    cycle_len*mult, ... epochs, each from the peak LR down to 0. The epoch count is derived
+    from the cycles, not taken from train.epochs (see sgdr_cycles)."""
+    t = p.t
+    n = sgdr_cycles(t, p.epochs)
+    total = sgdr_epochs(n, t.sgdr_cycle_len, t.sgdr_mult)
+    lengths = [t.sgdr_cycle_len * t.sgdr_mult ** i for i in range(n)]
+    print(f"sgdr: {n} cycle(s) of {', '.join(map(str, lengths))} epochs = {total} epochs"
+          + (f" (train.epochs asked {p.epochs})" if total != p.epochs else ""))
+    if t.sgdr_mult > 1:
+        p.learn.fit_sgdr(n, t.sgdr_cycle_len, p.lr, cycle_mult=t.sgdr_mult, cbs=p.cbs)
+        return
+    # fit_sgdr divides by cycle_mult - 1; equal cycles are the same pieces put together here
+    import numpy as np
+    from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
+    learn = p.learn
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", p.lr)
+    lr_max = np.array([h["lr"] for h in learn.opt.hypers])
+    scheds = {"lr": combine_scheds([1 / n] * n, [SchedCos(lr_max, 0) for _ in range(n)])}
+    learn.fit(total, cbs=[ParamScheduler(scheds)] + p.cbs)
+
+
+# ---- freezing policies: what trains in the main phase, at which LR per group ----------------
+
+def _groups(learn) -> int:
+    if learn.opt is None:
+        learn.create_opt()
+    return len(learn.opt.param_lists)
+
+
+@freeze_policy("frozen_then_full")
+def frozen_then_full(learn, lr: float, t, after_frozen: bool):
+    """Unfreeze everything; after a frozen phase, discriminative LRs as fine_tune: fastai's
+    slice(lr / lr_mult, lr), spread geometrically from the first group to the head."""
+    learn.unfreeze()
+    return slice(lr / t.lr_mult, lr) if after_frozen else lr
+
+
+@freeze_policy("head_only")
+def head_only(learn, lr: float, t, after_frozen: bool):
+    """Never unfreeze: the body stays as pretrained (its norm layers adapt, fastai's train_bn)."""
+    learn.freeze()
+    return lr
+
+
+def body_layers(model) -> list:
+    """The body's layers, in order: its modules that hold parameters of their own (each conv,
+    norm, linear), as the model registers them (input to output for a CNN)."""
+    return [m for m in model[0].modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+@freeze_policy("last_fraction")
+def last_fraction(learn, lr: float, t, after_frozen: bool):
+    """Unfreeze the last `unfreeze_fraction` of the body's layers (counted by body_layers,
+    rounded up, at least one) at `unfreeze_lr_mult` x lr; the head trains at lr.
+
+    fastai's freeze_to works on parameter groups, and the splitters give the body one or two
+    groups, too coarse for a fraction: so freeze() first, then requires_grad on the layers."""
+    learn.freeze()
+    layers = body_layers(learn.model)
+    k = max(1, math.ceil(t.unfreeze_fraction * len(layers)))
+    for m in layers[len(layers) - k:]:
+        for prm in m.parameters(recurse=False):
+            prm.requires_grad_(True)
+    print(f"last_fraction: {k} of the body's {len(layers)} layers trainable, "
+          f"at {t.unfreeze_lr_mult:g} x lr")
+    n = _groups(learn)
+    return [lr * t.unfreeze_lr_mult] * (n - 1) + [lr]
+
+
+# ---- the whole fit ---------------------------------------------------------------------------
+
+def run(learn, t, lr: float, pretrained: bool, cbs: list, plateau_monitor: str = "valid_loss") -> None:
+    """Train `learn` per `t` (TrainConfig): the frozen phase for pretrained models, then the
+    main phase with `t.schedule` under `t.freeze`. `plateau_monitor`: the fastai metric name
+    `train.plateau_monitor` stands for."""
+    sched, policy = SCHEDULES[t.schedule], FREEZES[t.freeze]
+    if not pretrained:
+        if t.freeze != "frozen_then_full":
+            raise UsageError(f"train.freeze = {t.freeze!r} needs a pretrained body; "
+                             "this model trains from scratch")
+        learn.unfreeze()
+        sched(Phase(learn, t.epochs + t.freeze_epochs, lr, t, cbs, False, plateau_monitor))
+        return
+    after_frozen = t.freeze_epochs > 0
+    if after_frozen:
+        learn.freeze()
+        learn.fit_one_cycle(t.freeze_epochs, slice(lr), pct_start=0.99, moms=parse_moms(t.moms), cbs=cbs)
+        lr = lr / 2
+    if t.epochs:
+        group_lr = policy(learn, lr, t, after_frozen)
+        sched(Phase(learn, t.epochs, group_lr, t, cbs, after_frozen, plateau_monitor))
