@@ -197,3 +197,21 @@ def test_pretrained_fit_freezes_then_fine_tunes(cli, tmp_path, monkeypatch, tiny
     meta = json.loads((run / "model" / "model.json").read_text())
     assert "tf_efficientnet_lite0" in meta["pretrained_from"]
     assert meta["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_a_machines_first_pretrained_run_reproduces_the_next(cli, tmp_path, monkeypatch, tiny_data):
+    """The first run converts the pip-shipped weights (building a randomly initialised timm
+    model); the seed is set after that, so the same seed gives the same training both times."""
+    import pandas as pd
+
+    monkeypatch.setenv("CLFAPP_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "p.toml", "data/shapes",
+                 model={"arch": "tf_efficientnet_lite0", "pretrained": True},
+                 train={"epochs": 1, "freeze_epochs": 1})
+    for name in ("first", "second"):
+        result = cli("fit", "p.toml", "--name", name)
+        assert result.exit_code == 0, result.output
+    first, second = (pd.read_csv(tmp_path / "runs" / n / "results.csv") for n in ("first", "second"))
+    cols = ["train_loss", "valid_loss", "accuracy"]
+    assert first[cols].equals(second[cols]), (first, second)

@@ -98,11 +98,13 @@ def prepare(cfg: Config, folder: Path) -> Prepared:
     from fastai.learner import Learner
     from fastai.torch_core import set_seed
 
-    set_seed(cfg.train.seed)
     arch = models.resolve(cfg.model.arch, cfg.model.pretrained, cfg.model.cut_blocks)
     found = weights.resolve(arch.source, arch.name, cfg.model.weights) if cfg.model.pretrained else None
     if found:
         print(f"pretrained weights for {arch.name}: {found.source}")
+    # Seeded after the weights are found: converting pip-shipped weights on a machine's first
+    # run builds a timm model (random init), which would shift every draw after it.
+    set_seed(cfg.train.seed)
     prepare_data_path(cfg)
     ds = data.load(cfg)
     ds.items.to_csv(folder / "splits.csv", index=False)
