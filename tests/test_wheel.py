@@ -63,3 +63,17 @@ def test_every_subpackage_is_listed_for_the_wheel():
     app = REPO / "app"
     found = {".".join(p.parent.relative_to(app).parts) for p in (app / "clfapp").rglob("__init__.py")}
     assert found | {"clfapp.builtin_recipes"} == listed
+
+
+def test_a_source_checkout_run_without_installing_finds_its_recipes(monkeypatch):
+    """PYTHONPATH=app on a machine where clfapp was never installed: no clfapp.builtin_recipes
+    package; the checkout's recipes/ folder is used instead of a traceback."""
+    from importlib import resources
+
+    from clfapp import recipes
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+    monkeypatch.setattr(resources, "files", missing)
+    assert recipes.shipped_dir() == REPO / "recipes"
+    assert recipes.find("digits")[1] == (REPO / "recipes" / "digits.toml").resolve()

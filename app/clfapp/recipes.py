@@ -16,16 +16,21 @@ from .errors import UsageError
 LOCAL_DIR = Path("recipes")
 
 
-def shipped_dir() -> Path:
-    """The folder of the recipes installed with clfapp (the source folder in an editable install)."""
-    return Path(str(resources.files("clfapp.builtin_recipes")))
+def shipped_dir() -> Path | None:
+    """The folder of the recipes installed with clfapp (the source folder in an editable install);
+    run from a source checkout that was never installed, the checkout's recipes/ folder."""
+    try:
+        return Path(str(resources.files("clfapp.builtin_recipes")))
+    except ModuleNotFoundError:
+        source = Path(__file__).resolve().parents[2] / "recipes"
+        return source if source.is_dir() else None
 
 
 def available() -> dict[str, Path]:
     """Every recipe by name: the shipped ones, overridden by same-named ones in ./recipes/."""
     found: dict[str, Path] = {}
     for folder in (shipped_dir(), LOCAL_DIR):
-        if folder.is_dir():
+        if folder is not None and folder.is_dir():
             found.update({p.stem: p.resolve() for p in sorted(folder.glob("*.toml"))})
     return dict(sorted(found.items()))
 
@@ -49,3 +54,16 @@ def describe(path: Path) -> str:
     """The recipe's first comment line, as its one-line description."""
     first = path.read_text().splitlines()[:1]
     return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+
+
+def layout_hint(path: Path) -> str:
+    """What data layout the recipe expects and where: its `# layout: ...` comment line, read by
+    `fit` and `lr-find` into the error when the data path is missing ("" when it has none).
+
+    A comment, not a config key: the expected layout describes the recipe's dataset, it is no
+    setting of a run (see README, "Recipes and configuration")."""
+    for line in path.read_text().splitlines():
+        text = line.lstrip("#").strip()
+        if line.startswith("#") and text.lower().startswith("layout:"):
+            return text[len("layout:"):].strip()
+    return ""
