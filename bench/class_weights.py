@@ -2,7 +2,7 @@
 
     python bench/class_weights.py [--data ../shared/datasets/plant_seedlings] [--epochs 6]
 
-Two `clfapp fit plants` runs that differ only in `loss.class_weights` ("auto": w = max(n)/n_c
+Two `clfapp fit` runs of bench/recipes/plants-baseline.toml that differ only in `loss.class_weights` ("auto": w = max(n)/n_c
 from the training split, versus none), same seed, split, arch, size and epochs. Prints one row
 per run: accuracy, macro-F1, and the recall of the three classes with the fewest training
 images (from each run's splits.csv and metrics.json), then the difference.
@@ -18,7 +18,8 @@ import pandas as pd
 
 
 def fit(name: str, data: str, epochs: int, extra: list[str]) -> Path:
-    cmd = [sys.executable, "-m", "clfapp", "fit", "plants", "--data", data, "--epochs", str(epochs),
+    recipe = Path(__file__).resolve().parent / "recipes" / "plants-baseline.toml"
+    cmd = [sys.executable, "-m", "clfapp", "fit", str(recipe), "--data", data, "--epochs", str(epochs),
            "--name", name, *extra]
     print("$ clfapp " + " ".join(cmd[3:]), flush=True)
     out = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 PRESETS = {
     "plants": {
-        "recipe": "plants",
+        "recipe": str(Path(__file__).resolve().parent / "recipes" / "plants-baseline.toml"),
         "data": "../shared/datasets/plant_seedlings",
         "members": [("m0-lite0-128", ["--arch", "tf_efficientnet_lite0", "--size", "128", "--seed", "1"]),
                     ("m1-lite0-144", ["--arch", "tf_efficientnet_lite0", "--size", "144", "--seed", "2"]),

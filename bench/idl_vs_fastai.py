@@ -38,7 +38,8 @@ def main() -> None:
         print(f"plain fastai: {rows['plain fastai']}", flush=True)
     if args.only != "fastai":
         name = f"bench-idl-{int(time.time())}"
-        s, _ = timed([sys.executable, "-m", "clfapp", "fit", "idl", "--data", args.data,
+        s, _ = timed([sys.executable, "-m", "clfapp", "fit", str(HERE / "recipes" / "idl-baseline.toml"),
+                      "--data", args.data,
                       "--name", name], env)
         m = json.loads((Path("runs") / name / "metrics.json").read_text())
         last, best = last_and_best(Path("runs") / name, "f1_micro")

@@ -36,7 +36,8 @@ def main() -> None:
         print(f"plain fastai: {rows['plain fastai']}", flush=True)
     if args.only != "fastai":
         name = f"bench-plants-{int(time.time())}"
-        s, _ = timed([sys.executable, "-m", "clfapp", "fit", "plants", "--data", args.data,
+        s, _ = timed([sys.executable, "-m", "clfapp", "fit", str(HERE / "recipes" / "plants-baseline.toml"),
+                      "--data", args.data,
                       "--epochs", str(args.epochs), "--name", name], env)
         last, best = last_and_best(Path("runs") / name, "accuracy")
         rows["clfapp"] = (last, best, s)

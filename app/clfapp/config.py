@@ -31,6 +31,10 @@ class DataConfig:
     """auto (folders if present, else stratified; iterative for multi-label) | folder |
     stratified | iterative | random."""
     valid_pct: float = 0.2
+    test_pct: float = 0.0
+    """Fraction held out as a test split (0 = none), for datasets without split folders: same
+    hash rule as valid_pct (an item's hash u < test_pct → test, then < test_pct + valid_pct →
+    valid); measured once at the end of fit, never trained on. Plants study: 0.2 + 0.1."""
     seed: int = 42
     """Seed of the train/valid split, apart from train.seed: runs trained with different seeds
     (an ensemble's members) then share one split, and none trains on another's validation
@@ -275,8 +279,10 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
 
 def _check_ranges(cfg: Config) -> None:
     d, t = cfg.data, cfg.train
-    if not 0 < d.valid_pct < 1:
-        raise UsageError(f"data.valid_pct must be between 0 and 1, got {d.valid_pct}")
+    if not (0 < d.valid_pct < 1 and 0 <= d.test_pct < 1 and d.valid_pct + d.test_pct < 1):
+        raise UsageError(f"data.valid_pct and data.test_pct must be between 0 and 1 (test_pct "
+                         f"may be 0 = no test split) with a sum below 1, training keeps the rest; "
+                         f"got valid_pct {d.valid_pct}, test_pct {d.test_pct}")
     if d.size < 8:
         raise UsageError(f"data.size must be at least 8 pixels, got {d.size}")
     if not (d.labels == "folder" or d.labels.startswith(("csv:", "name:"))):

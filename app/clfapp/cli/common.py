@@ -80,6 +80,21 @@ def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs
     return config.load(path, {s: t for s, t in overrides.items() if t}, recipe_name=name)
 
 
+def check_data_path(recipe: str | None, cfg) -> None:
+    """A missing data folder, with the recipe's `# layout:` hint: one line saying what the
+    recipe expects and where to put it (data.scan's own error names no layout). An embedded
+    sample (data.sample) is written on first use, so it is never missing."""
+    from pathlib import Path
+    from .. import recipes
+
+    if recipe is None or cfg.data.sample or (cfg.data.path and Path(cfg.data.path).expanduser().exists()):
+        return
+    hint = recipes.layout_hint(recipes.find(recipe)[1])
+    if hint:
+        raise UsageError(f"data path {cfg.data.path!r} does not exist; recipe {cfg.recipe!r} expects "
+                         f"{hint}; put it there, or pass --data PATH")
+
+
 def echo(msg: str) -> None:
     typer.echo(msg)
     sys.stdout.flush()

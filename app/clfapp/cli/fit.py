@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Annotated
 
 import typer
 
@@ -13,7 +14,10 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
         lr: common.Lr = None, seed: common.Seed = None, name: common.Name = None,
         weights: common.Weights = None, pretrained: common.Pretrained = None,
         split_seed: common.SplitSeed = None, splits_from: common.SplitsFrom = None,
-        set_: common.Set = None):
+        set_: common.Set = None,
+        full: Annotated[bool, typer.Option("--full", help=(
+            "Then retrain the same settings (epochs, LR, seed) on train+valid as the final "
+            "model/; the first model moves to model-valid/ and its figures stay the estimate."))] = False):
     """Train a classifier from RECIPE (with overrides) into a new run folder runs/RECIPE-N.
 
     Fine-tunes a pretrained backbone with one-cycle schedules (or trains from scratch), keeps
@@ -26,10 +30,15 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
 
     cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_,
                                 split_seed, splits_from)
+    common.check_data_path(recipe, cfg)
     folder = runs.new_folder(runs.RUNS_DIR, cfg.recipe, name)
     common.echo(f"run folder: {folder}")
     try:
-        result = train.fit(cfg, folder)
+        if full:
+            from ..train import full as full_fit
+            result = full_fit.fit_full(cfg, folder)
+        else:
+            result = train.fit(cfg, folder)
     except common.UsageError:
         if not (folder / "model").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
@@ -40,6 +49,11 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
     from ..report import summary_line
     common.echo(f"\n{folder}: {summary_line(result.metrics)}")
     common.echo(f"best epoch {result.best_epoch}, {result.seconds:.0f} s; model in {folder / 'model'}")
+    if "full" in result.metrics:
+        f = result.metrics["full"]
+        common.echo(f"final model: trained on train+valid ({f['n_train']} images, {f['epochs']} "
+                    f"epochs, last epoch kept) in {folder / 'model'}; the figures above are the "
+                    f"estimate of the first model, now in {folder / 'model-valid'}")
     if result.stopped:
         raise typer.Exit(EXIT_CODES[result.stopped])
 

@@ -17,6 +17,7 @@ def lr_find(recipe: common.Recipe, data: common.Data = None, arch: common.Arch =
     from .. import train
 
     cfg = common.resolve_config(recipe, data, arch, size, None, bs, None, seed, weights, pretrained, set_)
+    common.check_data_path(recipe, cfg)
     folder = runs.new_folder(runs.RUNS_DIR, f"{cfg.recipe}-lr", name)
     figures = train.lr_find(cfg, folder)
     for k, v in figures.items():

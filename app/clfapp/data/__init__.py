@@ -268,7 +268,7 @@ def load(cfg: Config) -> Dataset:
     y = (label_matrix(items["labels"], classes_of(items, cfg.data.label_delim), cfg.data.label_delim)
          if is_multi_label(items) else None)
     items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.data.seed, y,
-                          root=dataset_root(cfg.data))
+                          root=dataset_root(cfg.data), test_pct=cfg.data.test_pct)
     if cfg.data.splits_from:
         items = splits.reuse(items, cfg.data.splits_from)
     used = items[items["split"] != "test"].reset_index(drop=True)

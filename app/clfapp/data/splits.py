@@ -126,18 +126,89 @@ def split_keys(paths, root: Path | str | None) -> list[str]:
     return keys
 
 
+def _hash_parts(u: np.ndarray, valid_pct: float, test_pct: float) -> np.ndarray:
+    """train/valid/test of one group (a class, or everything for `random`) by the hash rule:
+    u < test_pct → test, u < test_pct + valid_pct → valid, else train.
+
+    The guarantees of `_hash_mask` come first: a group of n >= 2 keeps at least one valid and
+    one train item. A group of fewer than 3 items gets no test item at all (it is split as with
+    test_pct = 0); in a larger group whose hash leaves fewer than two non-test items, the
+    test items with the highest u go back until two remain. Then the valid/train fix-ups of
+    `_hash_mask` apply to the non-test items (lowest u into valid, highest into train). With
+    test_pct = 0 this is exactly `_hash_mask`.
+    """
+    out = np.full(len(u), "train", dtype=object)
+    if len(u) < 3 or test_pct <= 0:
+        out[_hash_mask(u, valid_pct)] = "valid"
+        return out
+    test = u < test_pct
+    while (~test).sum() < 2:
+        test[np.flatnonzero(test)[np.argmax(u[test])]] = False
+    rest = np.flatnonzero(~test)
+    valid = u[rest] < test_pct + valid_pct
+    if not valid.any():
+        valid[np.argmin(u[rest])] = True
+    if valid.all():
+        valid[np.argmax(u[rest])] = False
+    out[test] = "test"
+    out[rest[valid]] = "valid"
+    return out
+
+
+def stratified_parts(labels: pd.Series, keys, valid_pct: float, test_pct: float,
+                     seed: int) -> np.ndarray:
+    """train/valid/test per item, by `_hash_parts` within each class (see `stratified`; with
+    test_pct = 0 the same split). Single-image classes stay in training."""
+    values = labels.to_numpy()
+    u = hash_units(keys, seed)
+    out = np.full(len(values), "train", dtype=object)
+    singles = []
+    for label in sorted(pd.unique(values), key=str):
+        idx = np.flatnonzero(values == label)
+        if len(idx) < 2:
+            singles.append(str(label))
+            continue
+        out[idx] = _hash_parts(u[idx], valid_pct, test_pct)
+    if singles:
+        print(f"warning: {len(singles)} class(es) have one image and stay in training: "
+              f"{', '.join(singles[:5])}", file=sys.stderr)
+    return out
+
+
+def iterative_parts(y: np.ndarray, valid_pct: float, test_pct: float, seed: int) -> np.ndarray:
+    """train/valid/test by iterative stratification, seeded: test_pct of the items split off
+    first, then valid_pct (of the whole) from the rest. Not stable when items are added."""
+    out = np.full(len(y), "train", dtype=object)
+    rest = np.arange(len(y))
+    if test_pct > 0:
+        test = iterative(y, test_pct, seed)
+        out[test] = "test"
+        rest = np.flatnonzero(~test)
+    valid = iterative(np.asarray(y)[rest], valid_pct / (1 - test_pct), seed)
+    out[rest[valid]] = "valid"
+    return out
+
+
 def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
-           y: np.ndarray | None = None, root: Path | str | None = None) -> pd.DataFrame:
-    """Fill `items.split` with train/valid (test items, from a test/ folder, stay test).
+           y: np.ndarray | None = None, root: Path | str | None = None,
+           test_pct: float = 0.0) -> pd.DataFrame:
+    """Fill `items.split` with train/valid, and test when `test_pct` > 0 (test items from a
+    test/ folder or split column stay test).
 
     method auto: the dataset's own valid folder when it has one, else stratified, or iterative
     when `y` (the multi-label matrix, rows aligned with `items`) is given. `root` is the
     dataset folder: the hash splits name items by their path relative to it (`split_keys`), so
     pass it whenever `items.path` is absolute, or moving the dataset changes the split.
+    `test_pct` is for datasets that give no split of their own: with a test or valid folder
+    (or split column) it is refused, not silently added to.
     """
     items = items.copy()
     has_folders = items["split"].notna().any()
     has_valid = (items["split"] == "valid").any()
+    if test_pct > 0 and has_folders:
+        given = "/".join(sorted(set(items["split"].dropna())))
+        raise UsageError(f"data.test_pct = {test_pct} but the dataset gives its own split "
+                         f"({given}); drop data.test_pct (a test/ folder is the test split)")
     if method == "folder" and not has_valid:
         raise UsageError("data.split = 'folder' but the dataset has no valid/ (val/, validation/) "
                          "folder; use split = 'stratified'")
@@ -148,14 +219,14 @@ def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
     sub = items[pool]
     keys = split_keys(sub["path"], root)
     if method == "random":
-        mask = random(keys, valid_pct, seed)
+        parts = _hash_parts(hash_units(keys, seed), valid_pct, test_pct)
     elif y is not None:
-        mask = iterative(y[pool.to_numpy()], valid_pct, seed)
+        parts = iterative_parts(y[pool.to_numpy()], valid_pct, test_pct, seed)
     elif method == "iterative":
         raise UsageError("data.split = 'iterative' is for multi-label data; use 'stratified'")
     else:
-        mask = stratified(sub["label"].reset_index(drop=True), keys, valid_pct, seed)
-    items.loc[pool, "split"] = np.where(mask, "valid", "train")
+        parts = stratified_parts(sub["label"].reset_index(drop=True), keys, valid_pct, test_pct, seed)
+    items.loc[pool, "split"] = parts
     return items
 
 

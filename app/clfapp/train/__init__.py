@@ -91,8 +91,11 @@ def _mixing_callbacks(aug) -> list:
     return ([MixUp(aug.mixup)] if aug.mixup > 0 else []) + ([CutMix(aug.cutmix)] if aug.cutmix > 0 else [])
 
 
-def prepare(cfg: Config, folder: Path) -> Prepared:
-    """Everything up to a ready Learner: weights, data (decoded once), model, callbacks."""
+def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> Prepared:
+    """Everything up to a ready Learner: weights, data (decoded once), model, callbacks.
+
+    `dataset`: items already loaded and split (full.py's train+valid retraining), used as
+    they are; splits.csv is then left as the first training wrote it."""
     import fastai.callback.progress  # noqa: F401  (adds the progress bars to every Learner)
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle, fine_tune, lr_find)
     from fastai.learner import Learner
@@ -106,11 +109,12 @@ def prepare(cfg: Config, folder: Path) -> Prepared:
     # run builds a timm model (random init), which would shift every draw after it.
     set_seed(cfg.train.seed)
     prepare_data_path(cfg)
-    ds = data.load(cfg)
-    ds.items.to_csv(folder / "splits.csv", index=False)
+    ds = data.load(cfg) if dataset is None else dataset
+    if dataset is None:
+        ds.items.to_csv(folder / "splits.csv", index=False)
     counts = ds.items["split"].value_counts()
     print(f"{len(ds.classes)} {'labels' if ds.multi_label else 'classes'}; "
-          f"{counts.get('train', 0)} train, {counts.get('valid', 0)} valid"
+          f"{len(ds.indices('train'))} train, {len(ds.indices('valid'))} valid"
           + (f", {counts['test']} test (held out)" if "test" in counts else ""))
     y_train = ds.targets(ds.indices("train"))   # class weights and pos_weight "auto" count them
     if ds.multi_label:
