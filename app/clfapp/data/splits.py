@@ -56,22 +56,7 @@ def stratified(labels: pd.Series, keys, valid_pct: float, seed: int) -> np.ndarr
     one goes to train), so small classes are never missing from validation. Single-image classes
     stay in training, with a warning.
     """
-    values = labels.to_numpy()
-    u = hash_units(keys, seed)
-    if len(u) != len(values):
-        raise ValueError(f"{len(values)} labels but {len(u)} keys")
-    mask = np.zeros(len(values), dtype=bool)
-    singles = []
-    for label in sorted(pd.unique(values), key=str):
-        idx = np.flatnonzero(values == label)
-        if len(idx) < 2:
-            singles.append(str(label))
-            continue
-        mask[idx] = _hash_mask(u[idx], valid_pct)
-    if singles:
-        print(f"warning: {len(singles)} class(es) have one image and stay in training: "
-              f"{', '.join(singles[:5])}", file=sys.stderr)
-    return mask
+    return stratified_parts(labels, keys, valid_pct, 0.0, seed) == "valid"
 
 
 def iterative(y: np.ndarray, valid_pct: float, seed: int, order: int = 2) -> np.ndarray:
@@ -161,6 +146,8 @@ def stratified_parts(labels: pd.Series, keys, valid_pct: float, test_pct: float,
     test_pct = 0 the same split). Single-image classes stay in training."""
     values = labels.to_numpy()
     u = hash_units(keys, seed)
+    if len(u) != len(values):
+        raise ValueError(f"{len(values)} labels but {len(u)} keys")
     out = np.full(len(values), "train", dtype=object)
     singles = []
     for label in sorted(pd.unique(values), key=str):
