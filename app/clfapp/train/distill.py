@@ -167,21 +167,15 @@ def load_teacher(folder) -> Teacher:
 
 
 def _load_ensemble(folder: Path) -> Teacher:
-    path = folder / ENSEMBLE_FILE
+    from ..infer import ensemble
+
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"teacher {path} is not valid JSON: {e}")
-    if not isinstance(raw, dict) or raw.get("kind") != "ensemble":
-        raise UsageError(f"teacher {path} is not a clfapp ensemble description")
-    names, weights = raw.get("members"), raw.get("weights")
-    if not isinstance(names, list) or not names:
-        raise UsageError(f"teacher {path} names no members")
-    if weights is None:
-        weights = [1.0] * len(names)
-    if not isinstance(weights, list) or len(weights) != len(names) or \
-            not all(isinstance(w, (int, float)) and w > 0 for w in weights):
-        raise UsageError(f"teacher {path}: weights must be one positive number per member")
+        ens = ensemble.read_meta(folder)  # the one reader of ensemble.json, with its checks
+    except UsageError as e:
+        raise UsageError(f"teacher {e}")
+    names, weights = ens.members, ens.weights
+    if not all(w > 0 for w in weights):
+        raise UsageError(f"teacher {folder / ENSEMBLE_FILE}: weights must be one positive number per member")
     total = float(sum(weights))
     members = []
     for name, w in zip(names, weights):
@@ -191,15 +185,12 @@ def _load_ensemble(folder: Path) -> Teacher:
         except UsageError as e:
             raise UsageError(f"teacher {folder}: member {name}: {e}")
         members.append(Member(str(name), _frozen(model), meta, float(w) / total))
-    first = members[0].meta
-    classes = raw.get("classes") or list(first.classes)
-    multi = bool(raw.get("multi_label", first.multi_label))
+    classes, multi = list(ens.classes), bool(ens.multi_label)
     for m in members:
         if sorted(m.meta.classes) != sorted(classes) or m.meta.multi_label != multi:
             raise UsageError(f"teacher {folder}: member {m.name}'s classes differ from those in "
                              f"{ENSEMBLE_FILE}")
-    vote = raw.get("vote", "soft")
-    teacher = Teacher(folder, "ensemble", members, list(classes), multi, vote,
+    teacher = Teacher(folder, "ensemble", members, list(classes), multi, ens.vote,
                       config=_first_file([folder / "config.toml",
                                           folder / "members" / str(names[0]) / "config.toml"]),
                       splits=folder if (folder / "splits.csv").is_file() else None)
