@@ -140,10 +140,8 @@ def sgdr(p: Phase) -> None:
     lengths = [t.sgdr_cycle_len * t.sgdr_mult ** i for i in range(n)]
     print(f"sgdr: {n} cycle(s) of {', '.join(map(str, lengths))} epochs = {total} epochs"
           + (f" (train.epochs asked {p.epochs})" if total != p.epochs else ""))
-    if t.sgdr_mult > 1:
-        p.learn.fit_sgdr(n, t.sgdr_cycle_len, p.lr, cycle_mult=t.sgdr_mult, cbs=p.cbs)
-        return
-    # fit_sgdr divides by cycle_mult - 1; equal cycles are the same pieces put together here
+    # fastai's fit_sgdr, put together from its own pieces: it divides by cycle_mult - 1, so it
+    # cannot make equal cycles (mult 1); one path for every mult.
     import numpy as np
     from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
     learn = p.learn
@@ -151,7 +149,8 @@ def sgdr(p: Phase) -> None:
         learn.create_opt()
     learn.opt.set_hyper("lr", p.lr)
     lr_max = np.array([h["lr"] for h in learn.opt.hypers])
-    scheds = {"lr": combine_scheds([1 / n] * n, [SchedCos(lr_max, 0) for _ in range(n)])}
+    scheds = {"lr": combine_scheds([length / total for length in lengths],
+                                   [SchedCos(lr_max, 0) for _ in range(n)])}
     learn.fit(total, cbs=[ParamScheduler(scheds)] + p.cbs)
 
 
