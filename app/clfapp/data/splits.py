@@ -130,11 +130,7 @@ def _hash_parts(u: np.ndarray, valid_pct: float, test_pct: float) -> np.ndarray:
     while (~test).sum() < 2:
         test[np.flatnonzero(test)[np.argmax(u[test])]] = False
     rest = np.flatnonzero(~test)
-    valid = u[rest] < test_pct + valid_pct
-    if not valid.any():
-        valid[np.argmin(u[rest])] = True
-    if valid.all():
-        valid[np.argmax(u[rest])] = False
+    valid = _hash_mask(u[rest], test_pct + valid_pct)   # the valid band sits above test's
     out[test] = "test"
     out[rest[valid]] = "valid"
     return out
