@@ -30,10 +30,10 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
     folders = [runs.existing(m) for m in models]
     table, described, settings = cmp.compare(folders, data, threads, repeats, labels)
     folder = runs.new_folder(runs.RUNS_DIR, "compare", name)
-    for fname, text in (("comparison.csv", table.to_csv(index=False)),
-                        ("comparison.md", cmp.markdown(table, described, settings))):
+    md = cmp.markdown(table, described, settings)
+    for fname, text in (("comparison.csv", table.to_csv(index=False)), ("comparison.md", md)):
         tmp = folder / (fname + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, folder / fname)
-    common.echo(cmp.markdown(table, described, settings))
+    common.echo(md)
     common.echo(f"written to {folder / 'comparison.csv'} and {folder / 'comparison.md'}")

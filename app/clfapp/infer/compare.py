@@ -121,7 +121,7 @@ def quality(model: Model, items) -> dict:
 
 
 def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
-            repeats: int = 20, labels: str = "folder", delim: str = " "):
+            repeats: int = 20, labels: str = "folder"):
     """(table DataFrame, description of the items, settings dict) for `folders`."""
     import pandas as pd
     import torch
@@ -138,7 +138,8 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
         if m.predictor.classes != first.classes or m.predictor.meta.multi_label != first.meta.multi_label:
             raise UsageError(f"{m.name} does not predict the same classes as {models[0].name}: "
                              "only models of the same task can be compared")
-    items, described = labelled_items(models[0].home, data_path, labels, delim)
+    # the models' own label separator (multi-label --data), as evaluate uses
+    items, described = labelled_items(models[0].home, data_path, labels, first.meta.label_delim)
     if not len(items):
         raise UsageError(f"no labelled items to compare on ({described}); pass --data PATH")
     sample = items["path"].tolist()[:32]

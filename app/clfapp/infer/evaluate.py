@@ -7,12 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def macro_roc_auc(probs: np.ndarray, y: np.ndarray) -> float | None:
-    """One-vs-rest ROC AUC averaged over the classes that have both positives and negatives."""
-    from .metrics import roc_auc_ovr
-    return roc_auc_ovr(probs, y)
-
-
 def metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
     """accuracy, macro/weighted F1, ROC AUC, per-class table and confusion matrix, as defined
     in clfapp.metrics (the one definition every figure of clfapp uses)."""
@@ -78,7 +72,8 @@ def held_out(run, items) -> tuple[dict, dict | None] | None:
 
     Returns (figures at the bundle's thresholds, figures at 0.5 for multi-label models or None),
     or None when there is no test split, or it cannot be measured (said on stderr: the run is
-    still complete with its validation figures).
+    still complete with its validation figures). The bundle is loaded afresh: fit's threshold
+    search rewrites model.json after its first load.
     """
     import sys
 

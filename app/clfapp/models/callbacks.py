@@ -28,7 +28,7 @@ class ResultsCSV(Callback):
     order = 55  # after the Recorder (50), before anything that may cancel the fit (60)
 
     def __init__(self, path: Path):
-        self.path, self.epoch_total, self.header = Path(path), 0, None
+        self.path, self.epoch_total = Path(path), 0
 
     def before_fit(self):
         self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
