@@ -193,6 +193,11 @@ class ThresholdsConfig:
     """global (one threshold) | per-label."""
 
 
+INFER_BS = 64
+"""Images per batch when a trained model predicts: predict, evaluate, thresholds, ensembles,
+export parity, teacher outputs (training batches are train.bs)."""
+
+
 @dataclass(frozen=True)
 class Config:
     recipe: str = ""
@@ -439,5 +444,4 @@ def dumps(cfg: Config) -> str:
 
 def from_file(path: Path) -> Config:
     """Load a resolved config saved in a run folder."""
-    raw = tomllib.loads(Path(path).read_text())
-    return build(merge({"recipe": raw.pop("recipe", "")}, raw, str(path)))
+    return load(Path(path))   # its recipe key names the recipe; bad TOML is a UsageError

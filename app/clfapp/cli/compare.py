@@ -6,12 +6,13 @@ from typing import Annotated, Optional
 import typer
 
 from . import common
+from ..config import DataConfig
 
 
 @common.command
 def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or export (RUN/export-N) folders.")],
             data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to measure on (default: the first model's validation split).")] = None,
-            labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = "folder",
+            labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
             threads: Annotated[int, typer.Option("--threads", help="CPU threads for every model (0: torch's default).")] = 0,
             repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per figure (the median is reported).")] = 20,
             name: common.Name = None):

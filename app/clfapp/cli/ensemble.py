@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import common
+from ..config import INFER_BS, DataConfig
 
 
 @common.command
@@ -13,10 +14,10 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more run 
              weights: Annotated[Optional[str], typer.Option("--weights", help="One positive weight per member, comma-separated, e.g. 2,1 (normalised to sum 1; default equal).")] = None,
              name: Annotated[Optional[str], typer.Option("--name", help="Folder name under runs/ (default: ensemble-N).")] = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Measure on this labelled folder or CSV (its non-train part) instead of the members' shared validation split.")] = None,
-             labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = "folder",
+             labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
              metric: Annotated[Optional[str], typer.Option("--metric", help="Multi-label: F1 the thresholds maximise (default: the first member's [thresholds] metric).")] = None,
              mode: Annotated[Optional[str], typer.Option("--mode", help="Multi-label: global | per-label (default: the first member's [thresholds] mode).")] = None,
-             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
+             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS):
     """Combine trained runs into one ensemble, in a self-contained folder runs/NAME.
 
     The members' bundles are copied in (the folder can be moved alone); each keeps its own

@@ -5,14 +5,15 @@ from typing import Annotated, Optional
 import typer
 
 from . import common
+from ..config import INFER_BS, DataConfig
 
 
 @common.command
 def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/), or an ensemble folder.")],
              data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to evaluate on (default: the run's validation split).")] = None,
-             labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = "folder",
+             labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
              tta: Annotated[bool, typer.Option("--tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips.")] = False,
-             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64,
+             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
              threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None):
     """Measure a trained model: accuracy, macro/weighted F1, ROC AUC, per-class table, confusion
     matrix; for multi-label models micro/macro/samples F1, subset accuracy, mAP and a per-label

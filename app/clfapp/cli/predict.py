@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import common
+from ..config import INFER_BS
 
 
 @common.command
@@ -17,7 +18,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
             tta: Annotated[bool, typer.Option("--tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips.")] = False,
             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
-            bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64,
+            bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
             backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime; no --tta).")] = "torch"):
     """Classify images with a trained model: label, probability and top-k per image
     (multi-label models: the predicted label set and one probability column per label).

@@ -5,15 +5,16 @@ from typing import Annotated, Optional
 import typer
 
 from . import common
+from ..config import INFER_BS, ThresholdsConfig
 
 
 @common.command
 def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-label model, or a (soft-vote) ensemble folder.")],
-               metric: Annotated[str, typer.Option("--metric", help="f1_micro | f1_macro | f1_samples.")] = "f1_micro",
-               mode: Annotated[str, typer.Option("--mode", help="global (one threshold) | per-label.")] = "global",
+               metric: Annotated[str, typer.Option("--metric", help="f1_micro | f1_macro | f1_samples.")] = ThresholdsConfig.metric,
+               mode: Annotated[str, typer.Option("--mode", help="global (one threshold) | per-label.")] = ThresholdsConfig.mode,
                data: Annotated[Optional[str], typer.Option("--data", help="Labelled data to tune on (default: the run's validation split).")] = None,
                labels: Annotated[str, typer.Option("--labels", help="With --data: csv:FILE.")] = "csv:labels.csv",
-               bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = 64):
+               bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS):
     """Search multi-label decision thresholds that maximise METRIC and store them in the model.
 
     `evaluate` and `predict` use them from then on (`--threshold` overrides). Writes the metric

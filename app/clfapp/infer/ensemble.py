@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..config import INFER_BS
 
 FORMAT = 1
 FILE = "ensemble.json"
@@ -209,7 +210,7 @@ class EnsemblePredictor:
                              [decision_thresholds(m.meta) for m in self.members])
         return soft_vote(member_probs, self.weights)
 
-    def member_probabilities(self, paths: list[str], tta: bool = False, bs: int = 64,
+    def member_probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
                              progress: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
         """([probs N'xC of each member], kept indices into `paths`). Each image is decoded once
         per distinct (size, resize) of the members, in batches of `bs`; unreadable images are
@@ -247,7 +248,7 @@ class EnsemblePredictor:
             print(f"warning: {len(paths) - len(kept)} unreadable image(s) skipped", file=sys.stderr)
         return [np.concatenate(p) for p in out], kept
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = 64,
+    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
         """(probs N'xC, kept indices into `paths`), as predict.Predictor.probabilities."""
         member_probs, kept = self.member_probabilities(paths, tta, bs, progress)
@@ -256,7 +257,7 @@ class EnsemblePredictor:
 
 # --- measuring -------------------------------------------------------------------------------
 
-def measure(predictor: EnsemblePredictor, items, tta: bool = False, bs: int = 64,
+def measure(predictor: EnsemblePredictor, items, tta: bool = False, bs: int = INFER_BS,
             threshold: float | None = None):
     """(ensemble figures, {member name: figures}, ensemble probs, truth) on labelled `items`,
     every member and the ensemble on the same (readable) images; multi-label members at their
@@ -381,7 +382,7 @@ class Built:
 
 def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "soft",
           weights=None, data_path: str | None = None, labels: str = "folder",
-          metric: str | None = None, mode: str | None = None, bs: int = 64) -> Built:
+          metric: str | None = None, mode: str | None = None, bs: int = INFER_BS) -> Built:
     """Make parent/NAME (or parent/ensemble-N): copy the members in, write ensemble.json and
     the shared splits.csv, measure each member and the ensemble, search multi-label thresholds
     (soft vote) on the ensemble's own probabilities, write metrics.json and report.md."""

@@ -5,6 +5,7 @@ kept here for the callers that import them."""
 from __future__ import annotations
 
 import numpy as np
+from ..config import INFER_BS
 
 
 def metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
@@ -42,7 +43,7 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
                                               "best epoch, and thresholds if tuned there: optimistic)")
 
 
-def measure(predictor, items, tta: bool = False, bs: int = 64, threshold: float | None = None):
+def measure(predictor, items, tta: bool = False, bs: int = INFER_BS, threshold: float | None = None):
     """(metrics, probs, truth) of `predictor` on labelled `items`; unreadable images skipped."""
     probs, kept = predictor.probabilities(items["path"].tolist(), tta=tta, bs=bs)
     m, y = score(probs, items.iloc[kept], predictor.meta, threshold)

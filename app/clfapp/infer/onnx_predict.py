@@ -23,6 +23,7 @@ import numpy as np
 from ..data import images
 from ..errors import UsageError
 from .export import FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME
+from ..config import INFER_BS
 
 
 @dataclass
@@ -120,7 +121,7 @@ class OnnxPredictor:
     def classes(self) -> list[str]:
         return self.meta.classes
 
-    def probabilities_of(self, pixels, tta: bool = False, bs: int = 64) -> np.ndarray:
+    def probabilities_of(self, pixels, tta: bool = False, bs: int = INFER_BS) -> np.ndarray:
         """Probabilities for decoded images: one N x S x S x 3 uint8 array per graph input
         (a list, in onnx.json's input order; a bare array for a one-input graph)."""
         if tta:
@@ -138,7 +139,7 @@ class OnnxPredictor:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate(out)
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = 64,
+    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
         """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning.
         (`workers`, `progress`: accepted for predict.Predictor's interface.)"""

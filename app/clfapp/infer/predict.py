@@ -8,6 +8,7 @@ import numpy as np
 
 from ..data import images
 from ..errors import UsageError
+from ..config import INFER_BS
 
 
 def collect_paths(inputs: list[str]) -> list[str]:
@@ -131,13 +132,13 @@ class Predictor:
     def _activate(self, logits):
         return logits.sigmoid() if self.meta.multi_label else logits.softmax(dim=1)
 
-    def probabilities_of(self, pixels: np.ndarray, tta: bool = False, bs: int = 64) -> np.ndarray:
+    def probabilities_of(self, pixels: np.ndarray, tta: bool = False, bs: int = INFER_BS) -> np.ndarray:
         """Probabilities for already decoded images (N x S x S x 3 uint8, as images.read_image)."""
         import torch
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         return np.concatenate([self.forward(x[i:i + bs], tta).numpy() for i in range(0, len(x), bs)])
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = 64,
+    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
         """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning."""
         import torch

@@ -66,6 +66,7 @@ from torch import nn
 
 from ..infer import bundle
 from ..errors import UsageError
+from ..config import INFER_BS
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -322,7 +323,7 @@ class TeacherSignal(Callback):
 
 
 def teacher_table(teacher: Teacher, pixels: np.ndarray, temperature: float, device=None,
-                  bs: int = 64) -> torch.Tensor:
+                  bs: int = INFER_BS) -> torch.Tensor:
     """The teacher's probabilities at T for decoded images (N x S x S x 3 uint8), un-augmented."""
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     out = []
