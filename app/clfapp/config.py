@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -182,6 +184,14 @@ class TrainConfig:
     """last_fraction: the share of the body's layers (modules holding weights) unfrozen."""
     unfreeze_lr_mult: float = 0.1
     """last_fraction: the unfrozen body layers train at this times the head's LR."""
+    tensorboard: bool = False
+    """Also log each epoch's losses, metrics and LR for TensorBoard in RUN/tensorboard/
+    (`tensorboard --logdir runs`); needs the tensorboard package: pip install clfapp[tb]."""
+    budget: str = ""
+    """Wall-time budget of the whole `fit` command ("" = none): seconds ("900") or a duration
+    ("90s", "15m", "1h30m", "2h"). The epochs are planned from the measured speed so the run
+    ends within it (train/budget.py); the budget is a ceiling: the recipe's epochs are kept
+    when they fit (ask for more epochs to fill it)."""
 
 
 @dataclass(frozen=True)
@@ -315,8 +325,38 @@ def _check_ranges(cfg: Config) -> None:
         if not 0 <= getattr(cfg.aug, key) < 1:
             raise UsageError(f"aug.{key} must be in [0, 1) (0 = off), got {getattr(cfg.aug, key)}")
     parse_head_hidden(cfg.model.head_hidden)
+    budget_seconds(t.budget)
+    if t.tensorboard and not tensorboard_installed():
+        raise UsageError("train.tensorboard = true needs the tensorboard package: "
+                         "pip install clfapp[tb] (or pip install tensorboard)")
     if cfg.model.cut_blocks < 0:
         raise UsageError(f"model.cut_blocks must be >= 0, got {cfg.model.cut_blocks}")
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def budget_seconds(text: str) -> float | None:
+    """train.budget → seconds: "900" or "900s", "15m", "1h30m", "2h"; "" → None (no budget)."""
+    s = str(text).strip().lower().replace(" ", "")
+    if not s:
+        return None
+    try:
+        seconds = float(s)
+    except ValueError:
+        m = _DURATION.fullmatch(s)
+        seconds = (sum(float(v or 0) * k for v, k in zip(m.groups(), (3600, 60, 1)))
+                   if m and any(m.groups()) else float("nan"))
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"train.budget = {text!r}: give a positive duration like 900 (seconds), "
+                         f"90s, 15m, 1h30m or 2h")
+    return seconds
+
+
+def tensorboard_installed() -> bool:
+    """Whether train.tensorboard can work (found without importing it: config stays light)."""
+    import importlib.util
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def parse_head_hidden(text: str) -> list[int] | None:

@@ -46,8 +46,19 @@ def find(recipe: str) -> tuple[str, Path]:
     if recipe not in known:
         close = difflib.get_close_matches(recipe, list(known), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(known) or 'none'}"
-        raise UsageError(f"unknown recipe {recipe!r}{hint}")
+        raise UsageError(f"unknown recipe {recipe!r}{hint} (a folder of images or a .csv file "
+                         f"works too)")
     return recipe, known[recipe]
+
+
+def data_argument(arg: str) -> Path | None:
+    """The dataset that `arg` names where a recipe would stand (`clfapp fit photos/`): an existing
+    folder or .csv file; None when `arg` is a known recipe name (a recipe wins over a folder of
+    the same name, so `clfapp fit digits` stays the recipe) or no such folder or CSV exists."""
+    if arg in available():
+        return None
+    p = Path(arg).expanduser()
+    return p if p.is_dir() or (p.is_file() and p.suffix.lower() == ".csv") else None
 
 
 def describe(path: Path) -> str:

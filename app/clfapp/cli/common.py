@@ -35,17 +35,21 @@ def command(fn):
 
 
 def _quiet_bars_off_terminal() -> None:
-    """Progress bars only on a terminal: piped into a log, they are thousands of lines.
+    """Progress bars only on a terminal: piped into a log, they are thousands of lines; there,
+    plain lines instead (report/progress.py).
 
     (fastprogress's own check tests `stdout.isatty` without calling it, so it is always on.)
     """
-    if not sys.stdout.isatty():
-        import fastprogress.fastprogress as fp
-        fp.NO_BAR = True
+    from ..report.progress import plain_lines_off_terminal
+    plain_lines_off_terminal()
 
 
 # Options shared by the commands that take a recipe (fit, lr-find). None = keep the recipe's value.
 Recipe = Annotated[str, typer.Argument(help="Recipe name (see `clfapp recipes`) or path to a .toml file.")]
+RecipeOrData = Annotated[Optional[str], typer.Argument(
+    help="Recipe name (see `clfapp recipes`), path to a .toml file, or a dataset folder or .csv "
+         "(the default settings, some chosen for that data); left out: ./clfapp.toml.",
+    show_default=False)]
 Data = Annotated[Optional[str], typer.Option("--data", help="Dataset folder or CSV (data.path).")]
 Arch = Annotated[Optional[str], typer.Option("--arch", help="timm or torchvision architecture (model.arch).")]
 Size = Annotated[Optional[int], typer.Option("--size", help="Input size in pixels (data.size).")]
@@ -59,25 +63,51 @@ Name = Annotated[Optional[str], typer.Option("--name", help="Run folder name und
 Weights = Annotated[Optional[str], typer.Option("--weights", help="Pretrained backbone weights file (model.weights).")]
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from pretrained weights (model.pretrained).")]
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Any config value: section.key=value (repeatable).")]
+Budget = Annotated[Optional[str], typer.Option("--budget", help=(
+    "Wall time for the whole command, e.g. 900, 90s, 15m, 1h30m (train.budget): the epochs are "
+    "planned from the measured speed to end within it; the recipe's epochs are a ceiling."))]
 
 
 def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs=None, lr=None,
                    seed=None, weights=None, pretrained=None, sets=None, split_seed=None,
-                   splits_from=None):
+                   splits_from=None, budget=None):
     """Recipe file + command-line overrides → one validated Config (recipe None: the
     defaults alone, e.g. `distill` from a teacher that records no config)."""
     from .. import config, recipes
 
-    name, path = recipes.find(recipe) if recipe is not None else ("", None)
+    dataset = recipes.data_argument(recipe) if recipe is not None else None
+    if dataset is not None:  # `fit photos/`: the defaults with that data, run named after its folder
+        if data:
+            raise UsageError(f"{recipe} is a dataset and so is --data {data}; give the data once")
+        root = dataset.resolve().parent if dataset.is_file() else dataset.resolve()
+        name, path, data = root.name or "data", None, recipe
+    else:
+        name, path = recipes.find(recipe) if recipe is not None else ("", None)
     # A dataset given on the command line replaces the recipe's, embedded sample included.
     flags = {"data": {"path": data, "size": size, "sample": "" if data else None,
                       "seed": split_seed, "splits_from": splits_from},
              "model": {"arch": arch, "weights": weights, "pretrained": pretrained},
-             "train": {"epochs": epochs, "bs": bs, "lr": lr, "seed": seed}}
+             "train": {"epochs": epochs, "bs": bs, "lr": lr, "seed": seed, "budget": budget}}
     overrides = {s: {k: v for k, v in t.items() if v is not None} for s, t in flags.items()}
     for section, table in config.parse_set(sets or []).items():
         overrides.setdefault(section, {}).update(table)
-    return config.load(path, {s: t for s, t in overrides.items() if t}, recipe_name=name)
+    cfg = config.load(path, {s: t for s, t in overrides.items() if t}, recipe_name=name)
+    if dataset is not None:  # settings chosen for the data where nobody set them (auto.py)
+        from .. import auto
+        cfg, line = auto.apply(cfg, given={(s, k) for s, t in overrides.items() for k in t})
+        if line:
+            echo(line)
+    return cfg
+
+
+def project_default(recipe: str | None) -> str:
+    """The recipe argument, or with none given the project's ./clfapp.toml (said in one line);
+    without either, a usage error saying what to pass."""
+    from .. import auto
+    recipe, line = auto.project_recipe(recipe)
+    if line:
+        echo(line)
+    return recipe
 
 
 def check_data_path(recipe: str | None, cfg) -> None:

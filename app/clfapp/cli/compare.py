@@ -21,7 +21,8 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
     latency per image at batch 1 and images/s at batch 32 (CPU, thread count and precision
     stated; decoding not timed).
 
-    Prints the table and writes comparison.csv and comparison.md into runs/compare-N.
+    Prints the table and writes comparison.csv, comparison.md and report.html into
+    runs/compare-N.
     """
     from ..infer import compare as cmp
     from ..report import runs
@@ -36,5 +37,8 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
         tmp = folder / (fname + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, folder / fname)
+    from ..report import html
+    html.write_comparison(folder, table, described, settings)
     common.echo(md)
-    common.echo(f"written to {folder / 'comparison.csv'} and {folder / 'comparison.md'}")
+    common.echo(f"written to {folder / 'comparison.csv'}, {folder / 'comparison.md'} and "
+                f"{folder / 'report.html'}")

@@ -22,32 +22,36 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     Given an ensemble folder, measures each member and the ensemble on the same images and
     prints them side by side (also in its report).
 
-    Writes metrics.json, report.md and plots/confusion_matrix.png into RUN/eval-N.
+    Writes metrics.json, report.md, report.html and plots/ into RUN/eval-N.
     """
     from ..infer import evaluate as ev
     from ..infer import ensemble, predict
     from .. import report
-    from ..report import runs
+    from ..report import html, runs
 
     folder = runs.existing(run)
     predictor = predict.load_predictor(folder)
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
     if isinstance(predictor, ensemble.EnsemblePredictor):  # each member and the ensemble
-        m, members, _, _ = ensemble.measure(predictor, items, tta, bs, threshold)
+        m, members, probs, y = ensemble.measure(predictor, items, tta, bs, threshold)
         out = runs.new_folder(folder, "eval")
         built = ensemble.Built(folder, predictor.meta, m, members, source + (" (TTA)" if tta else ""))
+        built.evidence = html.evidence_of(predictor, items, probs, y, source, threshold)
         ensemble.write_report(built, out, f"Evaluation of {folder.name}")
         for line in report.members_table(members, m, predictor.meta.multi_label):
             common.echo(line)
         common.echo(f"{source}: ensemble {report.summary_line(m)}")
         common.echo(f"report: {out / 'report.md'}")
         return
-    m, _, _ = ev.measure(predictor, items, tta, bs, threshold)
+    m, probs, y = ev.measure(predictor, items, tta, bs, threshold)
     out = runs.new_folder(folder, "eval")
     extra = [f"Data: {source}" + (" (TTA)" if tta else "") + ".", ""]
+    evidence = html.evidence_of(predictor, items, probs, y, source, threshold)  # report.html
     if predictor.meta.multi_label:
-        report.write_multilabel_metrics(out, m, f"Evaluation of {folder.name}", extra=extra)
+        report.write_multilabel_metrics(out, m, f"Evaluation of {folder.name}", extra=extra,
+                                        evidence=evidence)
     else:
-        report.write_metrics(out, m, predictor.classes, f"Evaluation of {folder.name}", extra=extra)
+        report.write_metrics(out, m, predictor.classes, f"Evaluation of {folder.name}", extra=extra,
+                             evidence=evidence)
     common.echo(f"{source}: {report.summary_line(m)}")
     common.echo(f"report: {out / 'report.md'}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from typing import Annotated
 
 import typer
@@ -9,28 +10,38 @@ from . import common
 
 
 @common.command
-def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = None,
+def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: common.Arch = None,
         size: common.Size = None, epochs: common.Epochs = None, bs: common.Bs = None,
         lr: common.Lr = None, seed: common.Seed = None, name: common.Name = None,
         weights: common.Weights = None, pretrained: common.Pretrained = None,
         split_seed: common.SplitSeed = None, splits_from: common.SplitsFrom = None,
-        set_: common.Set = None,
+        set_: common.Set = None, budget: common.Budget = None,
         full: Annotated[bool, typer.Option("--full", help=(
             "Then retrain the same settings (epochs, LR, seed) on train+valid as the final "
             "model/; the first model moves to model-valid/ and its figures stay the estimate."))] = False):
     """Train a classifier from RECIPE (with overrides) into a new run folder runs/RECIPE-N.
+
+    `clfapp fit photos/` (a folder of labelled images, or a .csv of fname,label[s]) trains the
+    default settings on it into runs/photos-N, with the input size, epochs, LR and arch chosen
+    for that data wherever no flag or --set gives them (one line says what and why).
+    `clfapp fit` alone uses the project's ./clfapp.toml.
 
     Fine-tunes a pretrained backbone with one-cycle schedules (or trains from scratch), keeps
     the best epoch, and writes config.toml, splits.csv, results.csv, metrics.json, report.md,
     plots/ and the model bundle (model/) into the run folder. Whatever stops training early
     (Ctrl-C: exit 130, SIGTERM: 143, a NaN/inf loss or an error: 1) still saves the best epoch so far.
     """
+    started = time.perf_counter()  # --budget counts from here: loading torch and the data spend it
     from ..report import runs
     from .. import train
 
+    recipe = common.project_default(recipe)  # none given: ./clfapp.toml
     cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_,
-                                split_seed, splits_from)
+                                split_seed, splits_from, budget=budget)
     common.check_data_path(recipe, cfg)
+    if full and cfg.train.budget:
+        raise common.UsageError("--budget (train.budget) does not work with --full yet: the "
+                                "retraining on train+valid would run past it; drop one of them")
     folder = runs.new_folder(runs.RUNS_DIR, cfg.recipe, name)
     common.echo(f"run folder: {folder}")
     try:
@@ -38,7 +49,7 @@ def fit(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = Non
             from ..train import full as full_fit
             result = full_fit.fit_full(cfg, folder)
         else:
-            result = train.fit(cfg, folder)
+            result = train.fit(cfg, folder, started=started)
     except common.UsageError:
         if not (folder / "model").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing

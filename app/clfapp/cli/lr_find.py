@@ -4,7 +4,7 @@ from . import common
 
 
 @common.command
-def lr_find(recipe: common.Recipe, data: common.Data = None, arch: common.Arch = None,
+def lr_find(recipe: common.RecipeOrData = None, data: common.Data = None, arch: common.Arch = None,
             size: common.Size = None, bs: common.Bs = None, seed: common.Seed = None,
             name: common.Name = None, weights: common.Weights = None,
             pretrained: common.Pretrained = None, set_: common.Set = None):
@@ -12,10 +12,13 @@ def lr_find(recipe: common.Recipe, data: common.Data = None, arch: common.Arch =
 
     Saves plots/lr_find.png and lr_find.json (suggestions and the loss curve) in a new folder
     runs/RECIPE-lr-N. Use the valley with `clfapp fit RECIPE --lr VALUE`, or `--lr auto`.
+    Like fit, it takes a folder of labelled images (or a .csv) instead of a recipe, and with no
+    argument the project's ./clfapp.toml.
     """
     from ..report import runs
     from .. import train
 
+    recipe = common.project_default(recipe)  # none given: ./clfapp.toml
     cfg = common.resolve_config(recipe, data, arch, size, None, bs, None, seed, weights, pretrained, set_)
     common.check_data_path(recipe, cfg)
     folder = runs.new_folder(runs.RUNS_DIR, f"{cfg.recipe}-lr", name)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, thresholds
+from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, runs, thresholds
 from . import export as export_cmd
 from . import distill as distill_cmd
 
@@ -21,6 +21,7 @@ app.command("ensemble")(ensemble.ensemble)
 app.command("distill")(distill_cmd.distill)
 app.command("compare")(compare.compare)
 app.command("recipes")(recipes.recipes)
+app.command("runs")(runs.runs)
 app.add_typer(data.app, name="data")
 
 

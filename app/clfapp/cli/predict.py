@@ -11,8 +11,8 @@ from ..config import INFER_BS
 
 
 @common.command
-def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/) holding model/, or an ensemble folder.")],
-            paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive), or .txt/.csv lists of paths.")],
+def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/) holding model/, or an ensemble folder; given alone, the images (`clfapp predict photos/`: the newest finished run classifies them).")],
+            paths: Annotated[Optional[list[str]], typer.Argument(help="Images, folders (recursive), or .txt/.csv lists of paths.", show_default=False)] = None,
             out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default RUN/predict-N/predictions.csv|json).")] = None,
             fmt: Annotated[str, typer.Option("--format", help="csv | json.")] = "csv",
             top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
@@ -24,7 +24,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     (multi-label models: the predicted label set and one probability column per label).
 
     Loads only the safe bundle (safetensors + model.json); unreadable images are skipped with a
-    warning naming them.
+    warning naming them. `clfapp predict photos/` (one argument that is no run) uses the newest
+    finished run under runs/ (model/ and metrics.json written) and says which.
     """
     from ..infer import predict as pr
     from ..report import runs
@@ -36,7 +37,13 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     if backend == "onnx" and tta:
         raise common.UsageError("--tta is not available with --backend onnx (the exported graph is "
                                 "the plain model); use --backend torch for TTA")
-    folder = runs.existing(run)
+    if paths:
+        folder = runs.existing(run)
+    else:  # `clfapp predict photos/`: the newest finished run classifies them
+        from .. import auto
+        folder, line = auto.default_run(run, runs.RUNS_DIR)
+        common.echo(line)
+        paths = [run]
     files = pr.collect_paths(paths)
     if backend == "onnx":
         from ..infer.onnx_predict import OnnxPredictor

@@ -378,6 +378,7 @@ class Built:
     source: str              # what it was measured on
     before: dict | None = None   # multi-label soft: the ensemble's figures at 0.5
     search: object = None        # thresholds.Search
+    evidence: object = None      # report.html.Evidence: the predictions behind its curves
 
 
 def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "soft",
@@ -443,6 +444,8 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
             write_meta(folder, meta)
             built.before = multi_label(probs, y, meta.classes, 0.5)
             built.figures = multi_label(probs, y, meta.classes, meta.thresholds)
+        from ..report.html import evidence_of
+        built.evidence = evidence_of(predictor, items, probs, y, source)
         write_report(built)
         return built
     except BaseException:
@@ -480,6 +483,6 @@ def write_report(built: Built, folder: Path | None = None, title: str | None = N
     title = title or f"Ensemble {built.folder.name}"
     if meta.multi_label:
         report.write_multilabel_metrics(folder, record, title, extra=extra, before=built.before,
-                                        search=built.search)
+                                        search=built.search, evidence=built.evidence)
     else:
-        report.write_metrics(folder, record, meta.classes, title, extra=extra)
+        report.write_metrics(folder, record, meta.classes, title, extra=extra, evidence=built.evidence)

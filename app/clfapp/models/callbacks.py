@@ -23,12 +23,43 @@ from fastai.callback.tracker import TrackerCallback
 class ResultsCSV(Callback):
     """One row per epoch in `results.csv`, flushed at once so an interrupted run keeps its rows.
 
-    Epochs are numbered across fine_tune's frozen and unfrozen phases.
+    Epochs are numbered across fine_tune's frozen and unfrozen phases. Beside it, `steps.csv`
+    gets the LR, momentum and smoothed training loss of every step (fastai's Recorder keeps
+    them for one fit call only, and momentum only under a one-cycle schedule); with
+    `tensorboard`, each epoch's figures also go to tensorboard/ next to results.csv.
     """
     order = 55  # after the Recorder (50), before anything that may cancel the fit (60)
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tensorboard: bool = False):
         self.path, self.epoch_total = Path(path), 0
+        self.steps_path, self.steps, self.step_total = self.path.with_name("steps.csv"), [], 0
+        self.board = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.board = SummaryWriter(log_dir=str(self.path.with_name("tensorboard")))
+
+    def after_batch(self):
+        if self.training:
+            h = self.learn.opt.hypers[-1]
+            self.steps.append([self.step_total, self.epoch_total, h["lr"], h.get("mom"),
+                               float(getattr(self.learn, "smooth_loss", float("nan")))])
+            self.step_total += 1
+
+    def _write_steps(self) -> None:
+        new = not self.steps_path.exists()
+        with self.steps_path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "epoch", "lr", "mom", "smooth_loss"])
+            w.writerows(self.steps)
+        self.steps = []
+
+    def _write_board(self, names, values, lr) -> None:
+        for n, v in zip(names, values):
+            self.board.add_scalar(f"loss/{n[:-5]}" if n.endswith("_loss") else f"metrics/{n}",
+                                  v, self.epoch_total)
+        self.board.add_scalar("lr", lr, self.epoch_total)
+        self.board.flush()
 
     def before_fit(self):
         self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
@@ -52,6 +83,9 @@ class ResultsCSV(Callback):
             if new:
                 w.writerow(header)
             w.writerow(row)
+        self._write_steps()
+        if self.board is not None:
+            self._write_board(names, values, lr)
         self.epoch_total += 1
 
 

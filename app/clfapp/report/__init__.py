@@ -102,9 +102,11 @@ def _validation_section(m: dict, keys: tuple) -> list[str]:
             + ": optimistic.", "", *head, *rows, ""]
 
 
-def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: list[str] = ()) -> None:
-    """metrics.json, plots/confusion_matrix.png and report.md in `folder` (plus a validation
-    section when `m` holds a run's validation figures under "valid")."""
+def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: list[str] = (),
+                  evidence=None) -> None:
+    """metrics.json, plots/confusion_matrix.png, report.md and report.html in `folder` (plus a
+    validation section when `m` holds a run's validation figures under "valid"); `evidence`
+    (html.Evidence, the predictions) adds ROC/PR curves, top losses and Grad-CAM."""
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
@@ -119,6 +121,8 @@ def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: 
              "", "![confusion matrix](plots/confusion_matrix.png)", ""]
     if (folder / "plots" / "curves.png").exists():
         lines.append("![training curves](plots/curves.png)\n")
+    from . import html
+    lines += html.write(folder, m, classes, title, extra, evidence, keys=SINGLE_KEYS)
     (folder / "report.md").write_text("\n".join(lines))
 
 
@@ -149,9 +153,11 @@ def frequency_table(freqs) -> list[str]:
 
 
 def write_multilabel_metrics(folder: Path, m: dict, title: str, extra: list[str] = (),
-                             before: dict | None = None, search=None, freqs=None) -> None:
-    """metrics.json and report.md for a multi-label model: metrics (before/after a threshold
-    search when given), per-label table, label frequencies per split, threshold curve."""
+                             before: dict | None = None, search=None, freqs=None,
+                             evidence=None) -> None:
+    """metrics.json, report.md and report.html for a multi-label model: metrics (before/after
+    a threshold search when given), per-label table, label frequencies per split, threshold
+    curve; `evidence` (html.Evidence) adds the curves and images that need predictions."""
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     record = dict(m, at_0_5=before) if before else m
@@ -177,6 +183,9 @@ def write_multilabel_metrics(folder: Path, m: dict, title: str, extra: list[str]
                   "![metric against threshold](plots/thresholds.png)", ""]
     if (folder / "plots" / "curves.png").exists():
         lines.append("![training curves](plots/curves.png)\n")
+    from . import html
+    lines += html.write(folder, m, list(m["per_label"]), title, extra, evidence, multi_label=True,
+                        keys=MULTI_KEYS, before=before)
     (folder / "report.md").write_text("\n".join(lines))
 
 

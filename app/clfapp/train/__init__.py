@@ -223,14 +223,15 @@ def _check_vocab(learn, ds: data.Dataset) -> None:
                            f"dataset's {ds.classes[:6]}; refusing to save a permuted model")
 
 
-def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
+def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = None) -> FitResult:
     """Train per `cfg` into `folder`. Whatever ends training early (Ctrl-C, SIGTERM, an error,
     a NaN or inf loss) still leaves the best epoch so far saved as a bundle, with the run
     folder's metrics and report consistent with it, and the result says how it ended.
 
     `on_prepared(prep)`, when given, is called with the ready `Prepared` before training
     (and before `lr = auto`'s finder): the one extension point, e.g. distill.attach wraps
-    the loss and adds its teacher callback there."""
+    the loss and adds its teacher callback there. `started`: perf_counter() when the command
+    began, from which train.budget counts (default: now)."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
     from ..models.callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite
@@ -250,9 +251,20 @@ def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
         (folder / "config.toml").write_text(config.dumps(cfg))
     monitor = monitor_name(t.monitor, prep.dataset.multi_label)
     keep, nan_guard = KeepBest(monitor), StopOnNonFinite()
-    cbs = [ResultsCSV(folder / "results.csv"), keep, nan_guard]
+    cbs = [ResultsCSV(folder / "results.csv", tensorboard=t.tensorboard), keep, nan_guard]
     if t.early_stop:
         cbs.append(EarlyStoppingCallback(monitor=monitor, patience=t.early_stop, reset_on_fit=False))
+    plan = None
+    if t.budget:  # epochs planned from the measured speed to end within it (budget.py)
+        from . import budget
+        ds = prep.dataset
+        plan = budget.plan(learn, t, lr, bool(prep.weights_source), t0 if started is None else started,
+                           len(ds.indices("valid")) + int((ds.items["split"] == "test").sum()))
+        if plan.changes:
+            t = replace(t, **plan.changes)
+            cfg = replace(cfg, train=replace(cfg.train, **plan.changes))
+            (folder / "config.toml").write_text(config.dumps(cfg))
+        cbs.append(plan.guard)
     stop = Stop()
     try:
         with _sigterm_as_interrupt():
@@ -281,7 +293,7 @@ def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
             return FitResult(folder, {}, None, time.perf_counter() - t0, stop.how, lr)
         raise RuntimeError("training finished no epoch")
     keep.restore(learn.model)
-    result = _finish(cfg, prep, folder, keep, lr, t0, stop.how)
+    result = _finish(cfg, prep, folder, keep, lr, t0, stop.how, plan)
     if stop.how:
         print(f"the best epoch so far ({keep.best_epoch}) is saved in {folder / 'model'}", flush=True)
     if stop.error is not None:
@@ -289,7 +301,8 @@ def fit(cfg: Config, folder: Path, on_prepared=None) -> FitResult:
     return result
 
 
-def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopped: str = "") -> FitResult:
+def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopped: str = "",
+            budget=None) -> FitResult:
     """Save the bundle, then measure it as `clfapp evaluate` would; multi-label runs also get
     their thresholds searched and stored in the bundle.
 
@@ -309,7 +322,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug))
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid = ds.indices("valid")
-    probs = Predictor(folder).probabilities_of(ds.pixels[valid])
+    predictor = Predictor(folder)
+    probs = predictor.probabilities_of(ds.pixels[valid])
     y = ds.targets(valid)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
@@ -336,11 +350,20 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     if test:
         m["valid"] = dict(valid_m, at_0_5=valid_before) if valid_before else valid_m
     extra = [summary, "", f"Measured on the {m['split_note']}.", ""]
+    if budget is not None:  # how train.budget was spent (budget.Plan)
+        from .budget import report_line
+        m["budget"] = budget.record(keep.seen)
+        extra += [report_line(m["budget"]), ""]
+    from ..report.html import Evidence  # report.html's curves, top losses, Grad-CAM
+    evidence = Evidence(probs, y, list(ds.classes), ds.multi_label, ds.items["path"].iloc[valid].tolist(),
+                        tuned.search.thresholds if ds.multi_label else None, ds.pixels[valid],
+                        predictor=predictor, described="the validation split")
     if ds.multi_label:
         report.write_multilabel_metrics(folder, m, f"Run {folder.name}", before=before,
-                                        search=tuned.search, freqs=label_frequencies(ds), extra=extra)
+                                        search=tuned.search, freqs=label_frequencies(ds), extra=extra,
+                                        evidence=evidence)
     else:
-        report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=extra)
+        report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=extra, evidence=evidence)
     return FitResult(folder, m, keep.best_epoch, seconds, stopped, lr)
 
 

@@ -1,0 +1,396 @@
+"""`fit --budget 15m` (train.budget): plan the epochs so the whole command ends within a
+wall-time budget, and stop cleanly if it would not.
+
+The budget counts from the moment the `fit` command started (data decoding, the model build and
+an LR finder are spent from it) to its end (saving the bundle, measuring it, the report).
+
+1. `measure`: a few real training steps on the real learner (one warm-up, then up to three
+   timed, the batches' loading and augmentation included), then a few validation batches; the
+   model, the optimizer and the random state are put back afterwards, so nothing of it counts
+   as training. A pretrained model's frozen phase (head only) is timed apart: its backward is
+   much cheaper.
+2. `plan_epochs`: the recipe's epochs when they fit (the budget is a ceiling, never a target:
+   to fill a budget, ask for more epochs than fit, `--epochs 100 --budget 15m`); else the most
+   epochs that fit, frozen:main in the recipe's proportion, so the one-cycle (which needs its
+   length up front) is a whole one that ends within the budget.
+3. `BudgetGuard`: after each epoch, if the next one (at the speed just measured) would end past
+   the budget, less the reserve for the end, the fit stops there; KeepBest keeps the best epoch.
+
+The pure functions take plain numbers, so the planning is tested without training.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..config import budget_seconds
+from ..errors import UsageError
+
+WARMUP_BATCHES = 1
+"""Training batches run before timing starts (the first one pays for one-off allocations)."""
+TIMED_BATCHES = 3
+"""Training batches timed after the warm-up (validation: up to this many, after one warm-up)."""
+SAFETY = 1.1
+"""Planned epochs are estimated 10% slower than measured: speed drifts, and an epoch has costs
+the batches do not show (metrics, copying the best weights)."""
+END_FIXED_S = 4.0
+"""Seconds the end of fit costs whatever the data: rebuilding the model from the bundle, the
+plots (matplotlib), report.md."""
+END_PASSES = 1.5
+"""The end measures the saved bundle on valid (and test) images: this many passes at the
+measured validation speed (it also decodes nothing: images are held in memory)."""
+
+
+def fmt_duration(seconds: float) -> str:
+    """90 → "1m30s", 45.2 → "45s", 5400 → "1h30m"."""
+    s = max(0, int(round(seconds)))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    parts = [f"{h}h"] if h else []
+    parts += [f"{m}m"] if m else []
+    parts += [f"{s}s"] if s or not parts else []
+    return "".join(parts)
+
+
+def _secs(x: float) -> str:
+    return f"{x:.0f} s" if x >= 10 else f"{x:.1f} s"
+
+
+@dataclass
+class Speeds:
+    """Measured seconds per batch; `frozen_s` is None when no frozen phase was timed."""
+    train_s: float
+    valid_s: float
+    frozen_s: float | None = None
+    overhead_s: float = 0.0
+    """Per-epoch cost beyond the batches: the first batch of each pass minus a steady one
+    (data loader start, caches), measured."""
+
+
+def epoch_seconds(s_per_batch: float, valid_s: float, n_train: int, n_valid: int,
+                  overhead_s: float = 0.0) -> float:
+    """One epoch: every training batch, then every validation batch, plus its fixed costs."""
+    return n_train * s_per_batch + n_valid * valid_s + overhead_s
+
+
+def reserve_seconds(valid_s_per_item: float, n_eval_items: int) -> float:
+    """What the end of fit costs: measuring the saved bundle on the validation (and test)
+    images, plus fixed costs (see END_FIXED_S)."""
+    return END_FIXED_S + END_PASSES * valid_s_per_item * n_eval_items
+
+
+def plan_epochs(frozen: int, main: int, frozen_epoch_s: float, main_epoch_s: float,
+                available_s: float, effective=lambda m: m):
+    """(frozen, main) epochs to train in `available_s` seconds, or None when not even one epoch
+    fits.
+
+    The recipe's (frozen, main) when they fit; otherwise the most main epochs that fit, with
+    the frozen phase scaled in proportion (rounded, at least one when the recipe has one), so
+    both phases stay whole schedules. `effective(m)`: the epochs a main phase asked for m
+    epochs really runs (sgdr rounds down to whole cycles)."""
+    def cost(f, m):
+        return f * frozen_epoch_s + effective(m) * main_epoch_s
+
+    if cost(frozen, main) <= available_s:
+        return frozen, main
+    for m in range(main, -1, -1):
+        f = min(frozen, max(1, round(frozen * m / main))) if frozen and main else frozen
+        if m == 0 and main:
+            f = 1 if frozen else 0      # the head's phase alone, the shortest plan
+        if f + effective(m) == 0:
+            continue
+        if cost(f, m) <= available_s:
+            return f, m
+    if frozen and not main:             # only a frozen phase: fewer of its epochs
+        for f in range(frozen - 1, 0, -1):
+            if cost(f, 0) <= available_s:
+                return f, 0
+    return None
+
+
+def smallest_plan(frozen: int, main: int) -> tuple[int, int]:
+    """The plan of one epoch: the frozen phase's when the recipe has one, else the main's."""
+    return (1, 0) if frozen else (0, 1)
+
+
+def should_stop(now: float, next_epoch_s: float, reserve_s: float, deadline: float) -> bool:
+    """True when an epoch of `next_epoch_s` started `now`, plus the end's reserve, would end
+    after `deadline` (all in perf_counter seconds)."""
+    return now + next_epoch_s + reserve_s > deadline
+
+
+@dataclass
+class Plan:
+    """The budget's plan for one fit, and afterwards how it went."""
+    text: str
+    """train.budget as given ("15m")."""
+    budget_s: float
+    started: float
+    """perf_counter() when the command started."""
+    speeds: Speeds
+    recipe: tuple[int, int]
+    planned: tuple[int, int]
+    frozen_epoch_s: float
+    main_epoch_s: float
+    spent_s: float
+    """Seconds gone before training (data, model, LR finder, the measurement itself)."""
+    reserve_s: float
+    pretrained: bool
+    changes: dict = field(default_factory=dict)
+    """The TrainConfig fields the plan changes (epochs, freeze_epochs, sgdr_cycles)."""
+    guard: object = None
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.budget_s
+
+    def epochs_text(self, fm: tuple[int, int]) -> str:
+        return f"{fm[0]}+{fm[1]}" if self.pretrained else str(fm[0] + fm[1])
+
+    def line(self) -> str:
+        """The one line fit prints before training."""
+        sp = self.speeds
+        speed = f"{sp.train_s:.3g} s/batch measured" + (
+            f" ({sp.frozen_s:.3g} frozen)" if sp.frozen_s is not None else "")
+        f, m = self.planned
+        total = self.spent_s + f * self.frozen_epoch_s + m * self.main_epoch_s + self.reserve_s
+        kept = ", the recipe's" if self.planned == self.recipe else \
+            f" of the recipe's {self.epochs_text(self.recipe)}"
+        return (f"budget {self.text}: {speed}, planned {self.epochs_text(self.planned)} epochs"
+                f"{kept} (≈ {fmt_duration(total)} in all), {_secs(self.spent_s)} spent before "
+                f"training, reserve {_secs(self.reserve_s)}")
+
+    def record(self, epochs_run: int) -> dict:
+        """metrics.json's "budget" entry; `used_s` runs from the command's start to now."""
+        stopped = bool(self.guard is not None and self.guard.stopped_after is not None)
+        return dict(budget=self.text, budget_s=round(self.budget_s, 1),
+                    planned_epochs=sum(self.planned), planned=self.epochs_text(self.planned),
+                    recipe_epochs=self.epochs_text(self.recipe),
+                    measured_s_per_batch=round(self.speeds.train_s, 4),
+                    measured_s_per_batch_frozen=(None if self.speeds.frozen_s is None
+                                                 else round(self.speeds.frozen_s, 4)),
+                    measured_valid_s_per_batch=round(self.speeds.valid_s, 4),
+                    spent_before_training_s=round(self.spent_s, 1),
+                    reserve_s=round(self.reserve_s, 1), epochs_run=epochs_run,
+                    stopped_by_budget=stopped,
+                    used_s=round(time.perf_counter() - self.started, 1))
+
+
+def report_line(rec: dict) -> str:
+    """report.md's line on how the budget was spent."""
+    how = (f"stopped by the budget after {rec['epochs_run']} of {rec['planned_epochs']} planned "
+           f"epochs (the next would have ended past it)" if rec["stopped_by_budget"]
+           else f"{rec['epochs_run']} epochs ran")
+    plan = ("the recipe's epochs fit" if rec["planned"] == rec["recipe_epochs"]
+            else f"the recipe asked {rec['recipe_epochs']}")
+    return (f"Budget {rec['budget']} ({rec['budget_s']:.0f} s): planned {rec['planned']} epochs "
+            f"({plan}) at {rec['measured_s_per_batch']:.3g} s/batch measured; {how}; "
+            f"{fmt_duration(rec['used_s'])} used ({rec['spent_before_training_s']:.0f} s before "
+            f"training).")
+
+
+# ---- on the real learner ---------------------------------------------------------------------
+
+def _probe_callback(n_train: int, n_valid: int, valid: bool):
+    import torch
+    from fastai.callback.core import Callback, CancelFitException, CancelTrainException
+
+    class BudgetProbe(Callback):
+        """Time the first training (and validation) batches of a fit, then end it."""
+        # Named like fastai's LR finder: callbacks that keep per-epoch records (progress bars,
+        # a distillation teacher's timings) skip this probe as they skip the finder.
+        _name = "lr_finder"
+        order = 100   # after_batch last: the batch is complete when it is stamped
+
+        def before_train(self):
+            self.t_train = [time.perf_counter()]
+
+        def before_validate(self):
+            self.t_valid = [time.perf_counter()]
+
+        def after_batch(self):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()   # time the work, not its queueing
+            if self.training:
+                self.t_train.append(time.perf_counter())
+                if len(self.t_train) > n_train:
+                    raise CancelTrainException()
+            else:
+                self.t_valid.append(time.perf_counter())
+                if len(self.t_valid) > n_valid:
+                    raise CancelFitException()
+
+        def after_train(self):
+            if not valid:
+                raise CancelFitException()
+    return BudgetProbe()
+
+
+def _per_batch(stamps: list[float]) -> tuple[float, float]:
+    """(steady seconds per batch, extra seconds of the first batch) from [start, batch ends]."""
+    n = len(stamps) - 1
+    if n >= 1 + WARMUP_BATCHES:
+        steady = (stamps[-1] - stamps[1 + WARMUP_BATCHES - 1]) / (n - WARMUP_BATCHES)
+    else:
+        steady = (stamps[-1] - stamps[0]) / max(n, 1)
+    return steady, max(0.0, (stamps[1] - stamps[0]) - steady)
+
+
+def _time_batches(learn, lr: float, valid: bool) -> tuple[float, float, float, float]:
+    """Seconds per training batch, per validation batch (nan unless `valid`) and the extra
+    cost of each pass's first batch, on `learn` as it stands; the model's weights, the
+    optimizer and the random state are restored afterwards."""
+    import torch
+
+    n_train = min(len(learn.dls.train), WARMUP_BATCHES + TIMED_BATCHES)
+    n_valid = min(len(learn.dls.valid), 1 + TIMED_BATCHES)
+    frozen = not all(p.requires_grad for p in learn.model.parameters())
+    weights = copy.deepcopy(learn.model.state_dict())
+    dl_rng = getattr(learn.dls.train, "rng", None)   # fastai's DataLoader shuffles with it
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+           dl_rng.getstate() if dl_rng is not None else None)
+    probe = _probe_callback(n_train, n_valid, valid)
+    try:
+        with learn.no_logging(), learn.no_bar():
+            learn.fit(1, lr, cbs=[probe])
+    finally:
+        learn.model.load_state_dict(weights)
+        learn.opt = None                 # a fresh optimizer, as before any step
+        if frozen:
+            learn.freeze()               # builds it again, the body frozen as it was
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if rng[3] is not None:               # it replaces the object each epoch: a new one
+            learn.dls.train.rng = random.Random()
+            learn.dls.train.rng.setstate(rng[3])
+    train_s, train_extra = _per_batch(probe.t_train)
+    valid_s, valid_extra = _per_batch(probe.t_valid) if valid else (float("nan"), 0.0)
+    return train_s, valid_s, train_extra, valid_extra
+
+
+def measure(learn, t, lr: float, pretrained: bool) -> Speeds:
+    """Time the phases this fit will run (see the module's docstring)."""
+    frozen_phase = pretrained and t.freeze_epochs > 0
+    main_phase = t.epochs > 0 or not pretrained
+    frozen_s = None
+    if frozen_phase:
+        learn.freeze()
+        timed = _time_batches(learn, lr, valid=not main_phase)
+        frozen_s = timed[0]
+    if main_phase:
+        # everything trains, except under head_only (last_fraction is timed fully unfrozen:
+        # an upper bound)
+        learn.freeze() if pretrained and t.freeze == "head_only" else learn.unfreeze()
+        timed = _time_batches(learn, lr, valid=True)
+    if pretrained:
+        learn.freeze()   # as prepare left it: schedules.run sets each phase's own state
+    train_s, valid_s, train_extra, valid_extra = timed
+    return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra)
+
+
+def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: int) -> Plan:
+    """Measure, then choose the epochs (see the module's docstring); prints the plan's line.
+    Raises UsageError when not even one epoch fits in what is left of the budget."""
+    from . import schedules
+
+    text, budget_s = t.budget, budget_seconds(t.budget)
+    speeds = measure(learn, t, lr, pretrained)
+    n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
+    valid_items = max(1, len(learn.dls.valid.dataset))
+    main_e = epoch_seconds(speeds.train_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
+    frozen_e = (epoch_seconds(speeds.frozen_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
+                if speeds.frozen_s is not None else main_e)
+    reserve = reserve_seconds(speeds.valid_s * n_valid / valid_items, n_eval_items)
+    spent = time.perf_counter() - started
+    available = budget_s - spent - reserve
+    if pretrained:
+        recipe = (t.freeze_epochs, t.epochs)
+    else:                          # from scratch: one phase of epochs + freeze_epochs
+        recipe = (0, t.epochs + t.freeze_epochs)
+
+    def effective(m: int, tt=t) -> int:
+        if tt.schedule != "sgdr":
+            return m
+        return schedules.sgdr_epochs(schedules.sgdr_cycles(tt, m), tt.sgdr_cycle_len, tt.sgdr_mult) if m else 0
+
+    fits = recipe[0] * frozen_e + effective(recipe[1]) * main_e <= available / SAFETY
+    if fits:
+        planned = recipe
+    else:
+        loose = replace(t, sgdr_cycles=0)   # scaled down: as many whole sgdr cycles as fit
+        planned = plan_epochs(*recipe, frozen_e * SAFETY, main_e * SAFETY, available,
+                              lambda m: effective(m, loose))
+        if planned is None:
+            # only refused when one epoch, as measured (no safety margin), clearly cannot fit
+            one = smallest_plan(*recipe)
+            one_s = one[0] * frozen_e + one[1] * main_e
+            if one_s > available:
+                need = spent + one_s + reserve
+                raise UsageError(
+                    f"budget {text} is too small: {_secs(spent)} were spent before training, one "
+                    f"epoch takes about {_secs(one_s)} here ({n_train} batches at "
+                    f"{(speeds.frozen_s if one[0] else speeds.train_s):.3g} s/batch measured, "
+                    f"then validation) and the end needs about {_secs(reserve)}; give at least "
+                    f"{fmt_duration(need * 1.2)}, or fewer images, a smaller data.size or arch")
+            planned = one
+    changes = {}
+    if planned != recipe:
+        if pretrained:
+            changes = dict(freeze_epochs=planned[0], epochs=planned[1])
+        else:
+            changes = dict(freeze_epochs=0, epochs=planned[1])
+        if t.schedule == "sgdr":
+            changes["sgdr_cycles"] = 0
+            planned = (planned[0], effective(planned[1], replace(t, sgdr_cycles=0)))
+    elif t.schedule == "sgdr":
+        planned = (planned[0], effective(planned[1]))
+    p = Plan(text, budget_s, started, speeds, (recipe[0], effective(recipe[1])), planned,
+             frozen_e, main_e, spent, reserve, pretrained, changes)
+    p.guard = BudgetGuard(p)
+    print(p.line(), flush=True)
+    return p
+
+
+def BudgetGuard(p: Plan):
+    """The fastai callback that ends a budgeted fit after an epoch when the next one would end
+    past the budget (made here so this module imports without fastai)."""
+    from fastai.callback.core import Callback, CancelFitException
+
+    class _BudgetGuard(Callback):
+        # after ResultsCSV (55), KeepBest (56) and StopOnNonFinite (57): the last epoch is
+        # written and may be the best before the fit ends; before EarlyStopping (60)
+        order = 58
+
+        def __init__(self):
+            self.done, self.stopped_after, self.last = 0, None, None
+
+        def before_fit(self):
+            self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
+            if self.stopped_after is not None:
+                raise CancelFitException()    # the main phase after a stopped frozen phase
+            self.last = time.perf_counter()
+
+        def after_epoch(self):
+            now = time.perf_counter()
+            took, self.last = now - self.last, now
+            self.done += 1
+            total = sum(p.planned)
+            if self.done >= total:
+                return
+            this = p.frozen_epoch_s if p.pretrained and self.done <= p.planned[0] else p.main_epoch_s
+            nxt = p.frozen_epoch_s if p.pretrained and self.done < p.planned[0] else p.main_epoch_s
+            # the next epoch at the speed the last one really ran (drift)
+            next_s = nxt * took / this if this > 0 else took
+            if should_stop(now, next_s, p.reserve_s, p.deadline):
+                self.stopped_after = self.done
+                print(f"budget {p.text}: stopping after epoch {self.done - 1}: the next "
+                      f"(≈ {next_s:.0f} s) would end past the budget "
+                      f"({max(0.0, p.deadline - now - p.reserve_s):.0f} s left before the "
+                      f"end's reserve)", flush=True)
+                raise CancelFitException()
+    return _BudgetGuard()

@@ -1,0 +1,199 @@
+"""`fit --budget`: parsing train.budget, planning epochs from measured speeds, and real tiny fits
+that end within their budget with the best epoch kept (train/budget.py)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clfapp import config
+from clfapp.errors import UsageError
+from clfapp.train import budget, schedules
+
+from conftest import assert_usage_error, make_folder_dataset, write_recipe
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [
+    ("900", 900), ("90s", 90), ("15m", 900), ("1h30m", 5400), ("2h", 7200), ("1m30s", 90),
+    (" 15M ", 900), ("2.5", 2.5), ("0.5m", 30), ("", None)])
+def test_budget_seconds(text, seconds):
+    assert config.budget_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["15x", "0", "-5", "-3m", "m", "1h30", "15 minutes", "nan", "inf"])
+def test_budget_seconds_refuses(text):
+    with pytest.raises(UsageError, match="train.budget"):
+        config.budget_seconds(text)
+
+
+def test_budget_round_trips_through_config_toml(tmp_path):
+    cfg = config.load(None, {"train": {"budget": "1h30m"}})
+    assert cfg.train.budget == "1h30m"
+    (tmp_path / "c.toml").write_text(config.dumps(cfg))
+    assert config.from_file(tmp_path / "c.toml") == cfg
+
+
+@pytest.mark.parametrize("args", [["--budget", "15x"], ["--budget", "0"], ["--budget", "-1m"],
+                                  ["--set", "train.budget=soon"]])
+def test_bad_budget_is_a_usage_error(cli, tiny_recipe, monkeypatch, args):
+    monkeypatch.chdir(tiny_recipe.parent)
+    result = cli("fit", tiny_recipe, *args, "--name", "bad")
+    assert_usage_error(result, "train.budget", "15m")
+    assert not Path("runs/bad").exists()
+
+
+def test_budget_with_full_is_refused(cli, tiny_recipe, monkeypatch):
+    monkeypatch.chdir(tiny_recipe.parent)
+    assert_usage_error(cli("fit", tiny_recipe, "--budget", "10m", "--full"), "--full")
+
+
+# ---- planning (pure) -------------------------------------------------------------------------
+
+def test_recipe_epochs_kept_when_they_fit():
+    assert budget.plan_epochs(1, 5, 10, 20, available_s=110) == (1, 5)     # exactly fits
+    assert budget.plan_epochs(1, 5, 10, 20, available_s=10_000) == (1, 5)  # a ceiling, no more
+    assert budget.plan_epochs(0, 8, 0, 3, available_s=24) == (0, 8)
+
+
+def test_planned_epochs_from_speeds():
+    # 10 s per frozen epoch, 20 s per full one, 150 s left: 1 + 7 (10 + 140)
+    assert budget.plan_epochs(1, 9, 10, 20, available_s=150) == (1, 7)
+    assert budget.plan_epochs(1, 9, 10, 20, available_s=149) == (1, 6)
+    # from scratch: one phase
+    assert budget.plan_epochs(0, 50, 0, 2.5, available_s=20) == (0, 8)
+
+
+def test_frozen_to_main_ratio_kept():
+    assert budget.plan_epochs(3, 9, 10, 10, available_s=80) == (2, 6)
+    assert budget.plan_epochs(2, 8, 10, 10, available_s=50) == (1, 4)
+    f, m = budget.plan_epochs(5, 20, 4, 8, available_s=100)
+    assert (f, m) == (3, 11) and 4 * f + 8 * m <= 100   # 5:20 ≈ 3:11
+    # the frozen phase never drops to 0 while the recipe has one
+    assert budget.plan_epochs(1, 30, 5, 5, available_s=15)[0] == 1
+
+
+def test_smallest_plans_and_nothing_fits():
+    assert budget.plan_epochs(1, 9, 10, 20, available_s=12) == (1, 0)   # the head's phase alone
+    assert budget.plan_epochs(1, 9, 10, 20, available_s=9) is None
+    assert budget.plan_epochs(0, 5, 0, 20, available_s=19) is None
+    assert budget.plan_epochs(4, 0, 10, 0, available_s=25) == (2, 0)     # only a frozen phase
+    assert budget.smallest_plan(1, 9) == (1, 0) and budget.smallest_plan(0, 9) == (0, 1)
+
+
+def test_sgdr_plans_whole_cycles():
+    t = config.TrainConfig(schedule="sgdr", sgdr_cycle_len=1, sgdr_mult=2)   # cycles 1, 2, 4, 8
+
+    def effective(m):
+        return schedules.sgdr_epochs(schedules.sgdr_cycles(t, m), 1, 2)
+    f, m = budget.plan_epochs(0, 15, 0, 1.0, available_s=10, effective=effective)
+    assert effective(m) == 7    # 3 cycles: 4 would be 15 epochs
+
+
+def test_should_stop_and_durations():
+    assert budget.should_stop(now=100, next_epoch_s=10, reserve_s=5, deadline=114)
+    assert not budget.should_stop(now=100, next_epoch_s=10, reserve_s=5, deadline=115)
+    assert budget.fmt_duration(820) == "13m40s" and budget.fmt_duration(45.2) == "45s"
+    assert budget.fmt_duration(5400) == "1h30m" and budget.fmt_duration(0) == "0s"
+    assert budget.reserve_seconds(0.01, 100) == pytest.approx(budget.END_FIXED_S + 1.5)
+
+
+# ---- real tiny fits --------------------------------------------------------------------------
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    make_folder_dataset(tmp_path / "data" / "shapes")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _timed(cli, *args):
+    t0 = time.perf_counter()
+    result = cli(*args)
+    return result, time.perf_counter() - t0
+
+
+def _check_best_kept(run: Path) -> tuple[dict, pd.DataFrame]:
+    """metrics.json's best epoch is results.csv's best row (first maximum of accuracy), and
+    the saved figures are that epoch's."""
+    m = json.loads((run / "metrics.json").read_text())
+    results = pd.read_csv(run / "results.csv")
+    assert m["best_epoch"] == int(results["accuracy"].idxmax())
+    assert m["accuracy"] == pytest.approx(results["accuracy"].iloc[m["best_epoch"]], abs=1e-6)
+    return m, results
+
+
+def test_fit_fills_a_tiny_budget_and_ends_within_it(cli, work):
+    write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 1000})
+    result, wall = _timed(cli, "fit", "tiny.toml", "--budget", "25s", "--name", "b")
+    assert result.exit_code == 0, result.output
+    assert wall < 25, f"the command took {wall:.1f} s with a 25 s budget"
+    run = Path("runs/b")
+    m, results = _check_best_kept(run)
+    b = m["budget"]
+    assert b["budget"] == "25s" and b["budget_s"] == 25 and b["recipe_epochs"] == "1000"
+    assert 1 <= b["planned_epochs"] < 1000 and b["measured_s_per_batch"] > 0
+    assert b["epochs_run"] == len(results) and b["used_s"] <= 25
+    assert b["stopped_by_budget"] == (b["epochs_run"] < b["planned_epochs"])
+    # the one-cycle was planned for the epochs that fit, and the config says so
+    assert config.from_file(run / "config.toml").train.epochs == b["planned_epochs"]
+    assert "budget 25s: " in result.output and "planned" in result.output
+    assert "Budget 25s" in (run / "report.md").read_text()
+
+
+def test_recipe_epochs_kept_and_the_measurement_leaves_no_trace(cli, work, trained_run):
+    """A budget the recipe fits in changes nothing: same epochs, same losses as the session's
+    run of the same recipe without a budget (the timed batches are undone)."""
+    write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 2})
+    result = cli("fit", "tiny.toml", "--budget", "10m", "--name", "kept")
+    assert result.exit_code == 0, result.output
+    m, results = _check_best_kept(Path("runs/kept"))
+    assert m["budget"]["planned"] == m["budget"]["recipe_epochs"] == "2"
+    assert not m["budget"]["stopped_by_budget"] and len(results) == 2
+    plain = pd.read_csv(trained_run[1] / "results.csv")
+    cols = ["train_loss", "valid_loss", "accuracy"]
+    assert results[cols].to_numpy() == pytest.approx(plain[cols].to_numpy(), rel=1e-5)
+
+
+def _underestimate(monkeypatch):
+    """Make the measurement see a far faster machine: the plan keeps every epoch the recipe
+    asks for, so only the guard can keep the run within its budget (speed drift)."""
+    monkeypatch.setattr(budget, "measure", lambda *a, **k: budget.Speeds(1e-5, 1e-5, 1e-5, 0.0))
+
+
+def test_guard_stops_when_the_speed_was_misjudged(cli, work, monkeypatch):
+    _underestimate(monkeypatch)
+    write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 500})
+    result, wall = _timed(cli, "fit", "tiny.toml", "--budget", "14s", "--name", "g")
+    assert result.exit_code == 0, result.output
+    assert wall < 14, f"the command took {wall:.1f} s with a 14 s budget"
+    m, results = _check_best_kept(Path("runs/g"))
+    b = m["budget"]
+    assert b["planned_epochs"] == 500 and b["stopped_by_budget"]
+    assert 1 <= b["epochs_run"] == len(results) < 500
+    assert "stopping after epoch" in result.output and (Path("runs/g") / "model" / "weights.safetensors").is_file()
+    assert "stopped by the budget" in (Path("runs/g") / "report.md").read_text()
+
+
+def test_guard_stop_in_the_frozen_phase_skips_the_main_phase(cli, work, monkeypatch):
+    _underestimate(monkeypatch)
+    write_recipe(work / "tiny.toml", "data/shapes",
+                 model={"arch": "tf_efficientnet_lite0", "pretrained": True},
+                 train={"freeze_epochs": 400, "epochs": 3})
+    result, wall = _timed(cli, "fit", "tiny.toml", "--budget", "16s", "--name", "f")
+    assert result.exit_code == 0, result.output
+    assert wall < 16, f"the command took {wall:.1f} s with a 16 s budget"
+    m, results = _check_best_kept(Path("runs/f"))
+    assert m["budget"]["stopped_by_budget"] and m["budget"]["planned"] == "400+3"
+    assert set(results["phase"]) == {"frozen"} and len(results) == m["budget"]["epochs_run"] < 400
+
+
+def test_budget_too_small_for_one_epoch_is_refused(cli, work):
+    write_recipe(work / "tiny.toml", "data/shapes")
+    result = cli("fit", "tiny.toml", "--budget", "1s", "--name", "small")
+    assert_usage_error(result, "budget 1s is too small", "give at least")
+    assert not Path("runs/small").exists()
