@@ -152,6 +152,14 @@ class TrainConfig:
     """Stop after this many epochs without improvement of `monitor` (0 = off)."""
     precision: str = "auto"
     """auto (bf16 on CPUs with native bf16, else fp32) | bf16 | fp32."""
+    channels_last: bool = True
+    """Model and batches in channels_last memory format (models/callbacks.py ChannelsLast):
+    faster convolutions on CPUs (oneDNN) and GPUs. Its kernels round differently from NCHW's,
+    so two runs that differ only in it drift apart in the last digits."""
+    progressive: float = 1.0
+    """Progressive resizing (train/progressive.py): training batches start at this fraction of
+    data.size (the frozen phase throughout) and grow to the full size by 3/4 of the main phase;
+    validation is always at full size. 1 = off."""
     workers: int = 0
     """DataLoader worker processes. Images are decoded once and held in memory, so 0 is fastest."""
     schedule: str = "one_cycle"
@@ -316,6 +324,8 @@ def _check_ranges(cfg: Config) -> None:
     _check_schedule(t, cfg.model.pretrained)
     if not (0 <= t.momentum < 1 and 0 <= t.beta2 < 1 and t.eps > 0):
         raise UsageError("train.momentum and train.beta2 must be in [0, 1) and train.eps > 0")
+    if not 0.25 <= t.progressive <= 1:
+        raise UsageError(f"train.progressive must be in [0.25, 1] (1 = off), got {t.progressive}")
     if t.lookahead_k < 0 or not 0 < t.lookahead_alpha <= 1:
         raise UsageError("train.lookahead_k must be >= 0 (0 = off) and train.lookahead_alpha "
                          "in (0, 1]")

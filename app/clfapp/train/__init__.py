@@ -130,7 +130,9 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
     learn = Learner(dls, model, loss_func=loss,
                     opt_func=optim.make(cfg.train.opt, cfg.train), splitter=splitter,
                     metrics=_metrics(ds.multi_label), wd=cfg.train.wd, path=folder,
-                    cbs=_precision_callbacks(cfg.train.precision) + _mixing_callbacks(cfg.aug))
+                    cbs=_precision_callbacks(cfg.train.precision, cfg.train.channels_last)
+                    + _mixing_callbacks(cfg.aug)
+                    + _resize_callbacks(cfg, pretrained=found is not None))
     if found:
         learn.freeze()
     return Prepared(learn, ds, arch, found.source if found else "", class_weights)
@@ -155,14 +157,26 @@ def label_frequencies(ds: data.Dataset):
     return freqs(ds.targets(idx), ds.items["split"].to_numpy()[idx], ds.classes)
 
 
-def _precision_callbacks(precision: str) -> list:
+def _resize_callbacks(cfg: Config, pretrained: bool) -> list:
+    """train.progressive below 1: smaller training batches first (train/progressive.py)."""
+    if cfg.train.progressive >= 1:
+        return []
+    from .progressive import ProgressiveResize
+    frozen_calls = 1 if pretrained and cfg.train.freeze_epochs > 0 else 0
+    return [ProgressiveResize(cfg.data.size, cfg.train.progressive, frozen_calls)]
+
+
+def _precision_callbacks(precision: str, channels_last: bool = True) -> list:
     import torch
 
-    from ..models.callbacks import CPUBFloat16, bf16_enabled
+    from ..models.callbacks import ChannelsLast, CPUBFloat16, bf16_enabled
     if torch.cuda.is_available() and precision != "fp32":
         from fastai.callback.fp16 import MixedPrecision
-        return [MixedPrecision(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")]
-    return [CPUBFloat16()] if bf16_enabled(precision) else []
+        return [MixedPrecision(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")] + (
+            [ChannelsLast()] if channels_last else [])
+    if bf16_enabled(precision):
+        return [CPUBFloat16()]
+    return [ChannelsLast()] if channels_last else []
 
 
 def find_lr(learn, folder: Path) -> dict:

@@ -290,7 +290,20 @@ def measure(learn, t, lr: float, pretrained: bool) -> Speeds:
     if pretrained:
         learn.freeze()   # as prepare left it: schedules.run sets each phase's own state
     train_s, valid_s, train_extra, valid_extra = timed
+    resize = _progressive(learn)   # timed at full size; the phases train smaller batches
+    if resize is not None:
+        from .progressive import cost_fraction
+        train_s *= cost_fraction(resize.full, resize.start_fraction, frozen_phase=False)
+        if frozen_s is not None:
+            frozen_s *= cost_fraction(resize.full, resize.start_fraction, frozen_phase=True)
     return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra)
+
+
+def _progressive(learn):
+    """The fit's ProgressiveResize callback (train.progressive < 1), or None."""
+    from .progressive import ProgressiveResize
+    found = [cb for cb in learn.cbs if isinstance(cb, ProgressiveResize)]
+    return found[0] if found else None
 
 
 def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: int) -> Plan:

@@ -1,0 +1,70 @@
+"""Progressive resizing: early training batches at a smaller size, the last ones at full size.
+
+A convolution's cost grows with the pixel count, so a batch at 0.75 x the size costs about
+half as much: the early epochs, where the net learns coarse features, run faster, and the
+final quarter of the main phase trains at `data.size`, the size the model is validated,
+saved and used at. Images are decoded once at `data.size`; the smaller batches are made by
+resizing the augmented batch (antialiased bilinear), so nothing is decoded twice.
+"""
+from __future__ import annotations
+
+from fastai.callback.core import Callback
+
+STEP = 16
+"""Sizes are multiples of this: 16 divides every stride of the nets clfapp builds well enough
+for the padding to stay symmetric, and keeps the number of distinct shapes small."""
+FULL_AT = 0.75
+"""Share of the main phase after which batches are at full size."""
+
+
+def size_at(full: int, start_fraction: float, progress: float) -> int:
+    """The training size at `progress` (0 = the main phase's first batch, 1 = its last): from
+    start_fraction x full, linearly up to full at FULL_AT, then full; a multiple of STEP,
+    never above full (nor below STEP)."""
+    if start_fraction >= 1:
+        return full
+    ramp = min(1.0, max(0.0, progress) / FULL_AT)
+    size = full * (start_fraction + (1 - start_fraction) * ramp)
+    return full if ramp >= 1 else min(full, max(STEP, int(size) // STEP * STEP))
+
+
+def cost_fraction(full: int, start_fraction: float, frozen_phase: bool) -> float:
+    """A phase's training compute relative to full size, taken as proportional to the pixel
+    count: the frozen phase at the start size, the main phase averaged over its ramp (what the
+    budget planner scales its full-size measurement by)."""
+    def pixels(progress: float) -> float:
+        return (size_at(full, start_fraction, progress) / full) ** 2
+    if frozen_phase:
+        return pixels(0.0)
+    return sum(pixels((i + 0.5) / 100) for i in range(100)) / 100
+
+
+class ProgressiveResize(Callback):
+    """Resize training batches per `size_at`; validation batches stay at full size.
+
+    fastai's `pct_train` runs 0 → 1 over each fit call: the frozen phase (the first call of a
+    pretrained fit) trains at the start size throughout; the main phase ramps up. The frozen
+    phase is told apart by `frozen_phase_calls`: how many fit calls come before the main one.
+    """
+    order = 5   # before ChannelsLast (10), which converts whatever size comes out of here
+
+    def __init__(self, full: int, start_fraction: float, frozen_phase_calls: int):
+        self.full, self.start_fraction, self.calls_before_main = full, start_fraction, frozen_phase_calls
+        self.calls = 0
+
+    def before_fit(self):
+        self.main_phase = self.calls >= self.calls_before_main
+        if not hasattr(self.learn, "lr_finder") and not hasattr(self.learn, "gather_preds"):
+            self.calls += 1
+
+    def before_batch(self):
+        # the LR finder and the budget's timing probe (named like it) see full-size batches
+        if not self.training or hasattr(self.learn, "lr_finder"):
+            return
+        size = size_at(self.full, self.start_fraction, self.pct_train if self.main_phase else 0.0)
+        x = self.learn.xb[0]
+        if x.dim() == 4 and x.shape[-1] != size:
+            import torch.nn.functional as F
+            small = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                  align_corners=False)
+            self.learn.xb = (small,) + self.learn.xb[1:]
