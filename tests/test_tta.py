@@ -125,3 +125,41 @@ def test_tta_averages_over_exactly_the_trained_mirrors(tmp_path, counted, flips)
     np.testing.assert_allclose(got, np.mean(outs, axis=0), atol=1e-5)
     # the mirrors matter: without them the answer is measurably different
     assert not np.allclose(outs[0], np.mean(outs, axis=0), atol=1e-4)
+
+
+def _bundle_with_default(folder: Path, tta: bool) -> Path:
+    _bundle(folder, ["horizontal"])
+    meta = json.loads((folder / "model" / "model.json").read_text())
+    meta["tta"] = tta
+    (folder / "model" / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_predict_follows_the_models_tta_default_unless_told(cli, tmp_path, counted):
+    """model.json `tta` (aug.tta) makes TTA the default of predict; --no-tta turns it off,
+    and a model without it predicts plainly unless --tta."""
+    data = make_folder_dataset(tmp_path / "imgs", n_per_class=3, size=SIZE)   # 9 images: 3 batches of 4
+    on = _bundle_with_default(tmp_path / "on", True)
+    off = _bundle_with_default(tmp_path / "off", False)
+    for run, flag, calls in ((on, None, 6), (on, "--no-tta", 3), (off, None, 3), (off, "--tta", 6)):
+        r = cli("predict", run, data, "--out", tmp_path / "p.csv", "--bs", "4", *([flag] if flag else []))
+        assert r.exit_code == 0, r.output
+        assert counted[-1].calls == calls, (run.name, flag)
+
+
+def test_fit_with_aug_tta_measures_and_records_tta(cli, tmp_path, monkeypatch, tiny_data):
+    """The end of fit measures with TTA when aug.tta is on, and evaluate (by default) agrees."""
+    from conftest import write_recipe
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "r.toml", tiny_data, aug={"tta": True, "flip": True})
+    r = cli("fit", str(recipe), "--name", "t")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(Path("runs/t/model/model.json").read_text())
+    assert meta["tta"] is True and meta["tta_flips"] == ["horizontal"]
+    fitted = json.loads(Path("runs/t/metrics.json").read_text())
+    assert "TTA" in Path("runs/t/report.md").read_text()
+    r = cli("evaluate", "runs/t")
+    assert r.exit_code == 0, r.output
+    evaluated = json.loads(sorted(Path("runs/t").glob("eval-*/metrics.json"))[-1].read_text())
+    assert evaluated["accuracy"] == pytest.approx(fitted["accuracy"])
+    assert evaluated["f1_macro"] == pytest.approx(fitted["f1_macro"])

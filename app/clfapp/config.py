@@ -81,6 +81,10 @@ class AugConfig:
     contrast: float = 0.0
     """fastai's `Contrast`, its own range in [0, 1) (0 = off); on top of `max_lighting`'s.
     The four colour knobs fire with probability `p_lighting`, on training batches only."""
+    tta: bool = False
+    """Test-time augmentation by default: the end of fit measures the saved model with it, and
+    the bundle records it (model.json `tta`) as what predict and evaluate do unless told
+    --no-tta: the mean over the image and the mirrors it was trained with (tta_flips)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from ..config import INFER_BS, DataConfig
 def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/), or an ensemble folder.")],
              data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to evaluate on (default: the run's validation split).")] = None,
              labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
-             tta: Annotated[bool, typer.Option("--tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips.")] = False,
+             tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips. Default: what the model says (model.json tta, from aug.tta).", show_default=False)] = None,
              bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
              threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None):
     """Measure a trained model: accuracy, macro/weighted F1, ROC AUC, per-class table, confusion
@@ -31,6 +31,7 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
 
     folder = runs.existing(run)
     predictor = predict.load_predictor(folder)
+    tta = predict.tta_default(predictor, tta)
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
     if isinstance(predictor, ensemble.EnsemblePredictor):  # each member and the ensemble
         m, members, probs, y = ensemble.measure(predictor, items, tta, bs, threshold)

@@ -42,6 +42,8 @@ class BundleMeta:
     """Mirrors test-time augmentation may average over ("horizontal", "vertical"): those the
     model was trained with. [] = trained without flips (TTA is a no-op). None = a bundle from
     before this field: TTA keeps its old behaviour, a horizontal flip."""
+    tta: bool = False
+    """Whether predict and evaluate use TTA when neither --tta nor --no-tta is given (aug.tta)."""
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT

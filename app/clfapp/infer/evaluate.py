@@ -87,7 +87,7 @@ def held_out(run, items) -> tuple[dict, dict | None] | None:
         return None
     try:
         predictor = Predictor(run)
-        m, probs, y = measure(predictor, test)
+        m, probs, y = measure(predictor, test, tta=predictor.meta.tta)
     except UsageError as e:
         print(f"warning: the test split was not measured: {e}", file=sys.stderr)
         return None

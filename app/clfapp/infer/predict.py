@@ -156,6 +156,17 @@ class Predictor:
         return gathered(out, kept, len(paths))
 
 
+def tta_default(predictor, asked: bool | None) -> bool:
+    """--tta / --no-tta when given, else the model's own default (model.json `tta`, aug.tta;
+    an ensemble's members each record theirs: TTA when they all do)."""
+    if asked is not None:
+        return asked
+    members = getattr(predictor, "members", None)
+    if members:
+        return all(getattr(m.meta, "tta", False) for m in members)
+    return bool(getattr(predictor.meta, "tta", False))
+
+
 def load_predictor(folder: Path):
     """The predictor of anything a run is accepted as: an ensemble folder (it holds
     ensemble.json) gives an ensemble.EnsemblePredictor, a run or bundle folder a Predictor;

@@ -333,11 +333,12 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
         concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
         head_hidden=cfg.model.head_hidden, cut_blocks=cfg.model.cut_blocks,
-        multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug))
+        multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug),
+        tta=cfg.aug.tta)
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid = ds.indices("valid")
     predictor = Predictor(folder)
-    probs = predictor.probabilities_of(ds.pixels[valid])
+    probs = predictor.probabilities_of(ds.pixels[valid], tta=cfg.aug.tta)
     y = ds.targets(valid)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
@@ -345,7 +346,9 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     seconds = time.perf_counter() - t0
     summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
                f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
-               + (f" (training {stopped} early)" if stopped else "") + ".")
+               + (f" (training {stopped} early)" if stopped else "")
+               + (f"; figures with TTA (mean over the image and its {', '.join(meta.tta_flips)} "
+                  f"mirror)" if cfg.aug.tta and meta.tta_flips else "") + ".")
     run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
                     interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
     if prep.class_weights:
