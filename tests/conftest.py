@@ -59,6 +59,25 @@ def make_folder_dataset(root: Path, n_per_class: int = 10, classes=None, size: i
     return root
 
 
+def make_stripes_multilabel(root: Path, n: int = 48) -> Path:
+    """root/labels.csv + images: three vertical stripes, each coloured when its label is on."""
+    (root / "images").mkdir(parents=True)
+    names = list(COLOURS)
+    rows = ["fname,labels"]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        on = [c for j, c in enumerate(names) if (i >> j) & 1 or (i % 8 == 7)]
+        a = np.full((24, 24, 3), 128, dtype=np.int16)
+        for j, c in enumerate(names):
+            if c in on:
+                a[:, 8 * j:8 * j + 8] = COLOURS[c]
+        a += rng.integers(-15, 16, a.shape)
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(root / "images" / f"m{i:02d}.png")
+        rows.append(f"images/m{i:02d}.png,{' '.join(on)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def write_recipe(path: Path, data_path: str | Path = "data/shapes", **sections) -> Path:
     """A tiny from-scratch recipe; `sections` = {"train": {"epochs": 2}, ...} extras/overrides."""
     tables = {

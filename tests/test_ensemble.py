@@ -8,8 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import COLOURS, assert_usage_error, make_folder_dataset, write_recipe
-from PIL import Image
+from conftest import COLOURS, assert_usage_error, make_folder_dataset, make_stripes_multilabel, write_recipe
 
 from clfapp.infer import ensemble
 
@@ -262,31 +261,12 @@ def test_thresholds_on_a_single_label_ensemble_is_refused(cli, here):
 
 # --- multi-label ----------------------------------------------------------------------------
 
-def _multilabel_dataset(root, n=48):
-    """root/labels.csv + images: three vertical stripes, each coloured when its label is on."""
-    (root / "images").mkdir(parents=True)
-    names = list(COLOURS)
-    rows = ["fname,labels"]
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        on = [c for j, c in enumerate(names) if (i >> j) & 1 or (i % 8 == 7)]
-        a = np.full((24, 24, 3), 128, dtype=np.int16)
-        for j, c in enumerate(names):
-            if c in on:
-                a[:, 8 * j:8 * j + 8] = COLOURS[c]
-        a += rng.integers(-15, 16, a.shape)
-        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(root / "images" / f"m{i:02d}.png")
-        rows.append(f"images/m{i:02d}.png,{' '.join(on)}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def multi(work):
     from typer.testing import CliRunner
 
     from clfapp.cli.main import app
-    _multilabel_dataset(work / "data" / "multi")
+    make_stripes_multilabel(work / "data" / "multi")
     write_recipe(work / "multi.toml", "data/multi", data={"labels": "csv:labels.csv"},
                  train={"epochs": 2}, thresholds={"metric": "f1_macro"})
     with pytest.MonkeyPatch.context() as mp:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, TINY_ARCH, assert_usage_error, write_recipe
+from conftest import COLOURS, TINY_ARCH, assert_usage_error, make_stripes_multilabel, write_recipe
 
 from clfapp.report import html
 
@@ -97,31 +97,13 @@ def test_steps_csv_has_the_lr_and_momentum_of_every_step(run):
     assert steps["lr"].iloc[-1] == pytest.approx(results["lr"].iloc[-1])
 
 
-def _multilabel_data(root: Path, n: int = 40) -> None:
-    """root/labels.csv: three stripes, each coloured when its label is on."""
-    (root / "images").mkdir(parents=True)
-    names = list(COLOURS)
-    rows = ["fname,labels"]
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        on = [c for j, c in enumerate(names) if (i >> j) & 1 or i % 8 == 7]
-        a = np.full((24, 24, 3), 128, dtype=np.int16)
-        for j, c in enumerate(names):
-            if c in on:
-                a[:, 8 * j:8 * j + 8] = COLOURS[c]
-        a += rng.integers(-15, 16, a.shape)
-        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(root / "images" / f"m{i:02d}.png")
-        rows.append(f"images/m{i:02d}.png,{' '.join(on)}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-
-
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
     from typer.testing import CliRunner
 
     from clfapp.cli.main import app
     work = tmp_path_factory.mktemp("multi")
-    _multilabel_data(work / "data" / "multi")
+    make_stripes_multilabel(work / "data" / "multi")
     write_recipe(work / "multi.toml", "data/multi", data={"labels": "csv:labels.csv"},
                  thresholds={"mode": "per-label"})
     with pytest.MonkeyPatch.context() as mp:
