@@ -38,6 +38,16 @@ EPOCH_TIERS = (      # (training images at least, epochs after the frozen one, p
     (2000, 8, 3e-3), # plants (3319 training images) still underfit after 3 epochs at 2e-3 and
                      # gained 0.10 accuracy at a higher LR: more epochs, a somewhat higher LR
 )
+LR_MULT = 3.0
+"""The body's LR is the head's / this after the frozen phase. fastai's 100 assumes three or more
+parameter groups; a timm body is one group, so 100 left the whole body at lr/100 and barely
+moving: on plant seedlings lr_mult 3 reached 0.815 where 10 (at 1.5x the LR) reached 0.781."""
+TTA = True
+"""Flip TTA at the end of fit and by default in predict: +1.6 points on plant seedlings (0.850 →
+0.866) for one extra pass per mirror."""
+PROGRESSIVE_FROM = (2000, 0.625)
+"""From this many training images on, progressive resizing from this fraction of the size:
+the main phase's steps ran 1.7x faster (bench/epoch_speed.py); small sets train fast anyway."""
 ARCH_CPU = "tf_efficientnet_lite0"
 """Its ImageNet weights ship in a pip package (works offline, DESIGN §5), and it is the fastest
 of the measured pretrained archs on a CPU (DESIGN §8)."""
@@ -66,7 +76,8 @@ def choose(summary: Summary, device: str = "CPU") -> dict[tuple[str, str], objec
 
     size: the median short side rounded to a multiple of SIZE_STEP, within [SIZE_MIN, SIZE_MAX]
     (left out when no header could be read); epochs and lr: by the number of training images
-    (EPOCH_TIERS); arch: ARCH_CPU. The numbers were measured on a CPU; a GPU gets the same
+    (EPOCH_TIERS); the body's LR divisor (LR_MULT), flip TTA (TTA), progressive resizing for
+    larger sets (PROGRESSIVE_FROM); arch: ARCH_CPU. The numbers were measured on a CPU; a GPU gets the same
     values for now (`device` only names where it runs)."""
     out: dict[tuple[str, str], object] = {}
     if summary.median_side:
@@ -75,6 +86,10 @@ def choose(summary: Summary, device: str = "CPU") -> dict[tuple[str, str], objec
     epochs, lr = next((e, r) for least, e, r in reversed(EPOCH_TIERS) if summary.n_train >= least)
     out[("train", "epochs")] = epochs
     out[("train", "lr")] = lr
+    out[("train", "lr_mult")] = LR_MULT
+    out[("aug", "tta")] = TTA
+    if summary.n_train >= PROGRESSIVE_FROM[0]:
+        out[("train", "progressive")] = PROGRESSIVE_FROM[1]
     out[("model", "arch")] = ARCH_CPU
     return out
 
@@ -143,6 +158,12 @@ def apply(cfg, given: set[tuple[str, str]], summary: Summary | None = None,
         shown.append(f"{applied['train', 'epochs']} epochs")
     if ("train", "lr") in applied:
         shown.append(f"lr {format_lr(applied['train', 'lr'])}")
+    if ("train", "lr_mult") in applied:
+        shown.append(f"body lr / {applied['train', 'lr_mult']:g}")
+    if ("train", "progressive") in applied:
+        shown.append(f"progressive resizing from {applied['train', 'progressive']:g}x")
+    if ("aug", "tta") in applied:
+        shown.append("flip TTA")
     if ("model", "arch") in applied:
         shown.append(f"{applied['model', 'arch']} ({where})")
     return cfg, f"defaults for this data ({summary.describe()}): {', '.join(shown)}"
