@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/datasets/plant_seedlings")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--only", choices=("fastai", "clfapp"))
+    ap.add_argument("--progressive", type=float, default=0.0,
+                    help="also run clfapp with train.progressive at this fraction (its speed option)")
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         sys.exit(f"{args.data} not found: the plant seedlings dataset is needed")
@@ -34,14 +36,19 @@ def main() -> None:
         r = json.loads(out.strip().splitlines()[-1])
         rows["plain fastai"] = (r["accuracy_last"], r["accuracy_best"], s)
         print(f"plain fastai: {rows['plain fastai']}", flush=True)
-    if args.only != "fastai":
+    sides = {"clfapp": []}
+    if args.progressive:
+        sides[f"clfapp prog {args.progressive:g}"] = ["--set", f"train.progressive={args.progressive}"]
+    for side, extra in sides.items():
+        if args.only == "fastai":
+            break
         name = f"bench-plants-{int(time.time())}"
         s, _ = timed([sys.executable, "-m", "clfapp", "fit", str(HERE / "recipes" / "plants-baseline.toml"),
                       "--data", args.data,
-                      "--epochs", str(args.epochs), "--name", name], env)
+                      "--epochs", str(args.epochs), "--name", name, *extra], env)
         last, best = last_and_best(Path("runs") / name, "accuracy")
-        rows["clfapp"] = (last, best, s)
-        print(f"clfapp: {rows['clfapp']}", flush=True)
+        rows[side] = (last, best, s)
+        print(f"{side}: {rows[side]}", flush=True)
     print_table(rows, ("acc last", "acc best"))
 
 

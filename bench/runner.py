@@ -25,10 +25,12 @@ def last_and_best(run, metric: str) -> tuple[float, float]:
 
 
 def print_table(rows: dict, names: tuple) -> None:
-    """rows: {side: (figure, ..., seconds)}; prints them and, for two sides, clfapp/fastai."""
+    """rows: {side: (figure, ..., seconds)}; prints them and each other side's ratio to the
+    "plain fastai" row (figures and seconds: below 1 in seconds is faster)."""
     print(f"\n{'':14s} " + " ".join(f"{n:>9s}" for n in names) + f" {'seconds':>8s}")
     for side, values in rows.items():
         print(f"{side:14s} " + " ".join(f"{v:9.4f}" for v in values[:-1]) + f" {values[-1]:8.1f}")
-    if len(rows) == 2:
-        a, b = rows["plain fastai"], rows["clfapp"]
-        print(f"{'clfapp/fastai':14s} " + " ".join(f"{y / x:9.3f}" for x, y in zip(a, b)))
+    a = rows.get("plain fastai")
+    for side, b in rows.items():
+        if a is not None and side != "plain fastai":
+            print(f"{side + '/fastai':14s} " + " ".join(f"{y / x:9.3f}" for x, y in zip(a, b)))
