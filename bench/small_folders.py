@@ -80,6 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/tmp/clfapp-small-folders")
     ap.add_argument("--only")
+    ap.add_argument("--auto-only", action="store_true", help="only the `fit FOLDER` side")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: the shared datasets are needed")
@@ -92,6 +93,8 @@ def main() -> None:
         n = sum(1 for _ in folder.rglob("*.jpg"))
         for how, cli_args in (("fit FOLDER", [str(folder)]),
                               ("plants recipe", ["plants", "--data", str(folder)])):
+            if args.auto_only and how != "fit FOLDER":
+                continue
             r = run(cli_args, f"bench-{name}-{'auto' if how == 'fit FOLDER' else 'plants'}-{stamp}", env)
             rows.append(dict(folder=name, images=n, how=how, **r))
             print(rows[-1], flush=True)

@@ -43,20 +43,20 @@ def test_epochs_and_lr_grow_with_the_training_images():
     small = auto.choose(summary(n_train=300))
     medium = auto.choose(summary(n_train=1000))
     large = auto.choose(summary(n_train=10000))
-    # the overfitting 400-image folder: fewer epochs at a lower lr than config.py's defaults
-    assert small[("train", "epochs")] < TrainConfig.epochs and small[("train", "lr")] < TrainConfig.lr
-    assert small[("train", "epochs")] < medium[("train", "epochs")] < large[("train", "epochs")]
-    assert small[("train", "lr")] < medium[("train", "lr")] <= large[("train", "lr")]
+    # small sets: smaller batches (more optimizer steps per epoch); larger: more epochs, higher lr
+    assert small[("train", "bs")] < medium[("train", "bs")] < large[("train", "bs")]
+    assert small[("train", "epochs")] <= medium[("train", "epochs")] < large[("train", "epochs")]
+    assert small[("train", "lr")] <= medium[("train", "lr")] < large[("train", "lr")]
     assert all(c[("model", "arch")] == "tf_efficientnet_lite0" for c in (small, medium, large))
 
 
 def test_tier_boundaries_follow_the_named_constants():
-    for least, epochs, lr in auto.EPOCH_TIERS:
+    for least, epochs, lr, bs in auto.EPOCH_TIERS:
         at = auto.choose(summary(n_train=least))
-        assert (at[("train", "epochs")], at[("train", "lr")]) == (epochs, lr)
+        assert (at[("train", "epochs")], at[("train", "lr")], at[("train", "bs")]) == (epochs, lr, bs)
         if least:
             below = auto.choose(summary(n_train=least - 1))
-            assert below[("train", "epochs")] != epochs
+            assert (below[("train", "epochs")], below[("train", "lr")], below[("train", "bs")]) != (epochs, lr, bs)
 
 
 def test_progressive_resizing_only_for_larger_sets():
@@ -73,11 +73,11 @@ def test_apply_keeps_given_keys_and_values_that_differ_from_the_defaults():
     assert out.train.epochs == 9                       # a recipe's value (not the default) wins
     assert out.train.lr == TrainConfig.lr              # given on the command line: kept
     assert line == ("defaults for this data (125 images, 2 classes, median short side 100 px): "
-                    "size 96, body lr / 3, flip TTA, tf_efficientnet_lite0 (CPU)")
+                    "size 96, batches of 16, body lr / 3, flip TTA, tf_efficientnet_lite0 (CPU)")
     assert out.train.lr_mult == auto.LR_MULT and out.aug.tta is auto.TTA
     assert out.train.progressive == 1.0                # off below PROGRESSIVE_FROM's images
     everything = {("data", "size"), ("train", "epochs"), ("train", "lr"), ("model", "arch"),
-                  ("train", "lr_mult"), ("aug", "tta")}
+                  ("train", "lr_mult"), ("aug", "tta"), ("train", "bs")}
     same, none = auto.apply(cfg, given=everything, summary=s, where="CPU")
     assert same == cfg and none is None
 
@@ -152,10 +152,10 @@ def test_fit_folder_prints_the_choice_and_records_it(cli, tmp_path, monkeypatch,
     assert result.exit_code == 130, result.output
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("defaults for this data")]
     assert lines == ["defaults for this data (30 images, 3 classes, median short side 100 px): "
-                     "size 96, 3 epochs, lr 1e-3, body lr / 3, flip TTA, tf_efficientnet_lite0 (CPU)"]
+                     "size 96, 6 epochs, lr 2e-3, batches of 16, body lr / 3, flip TTA, tf_efficientnet_lite0 (CPU)"]
     cfg = config.from_file(tmp_path / "runs" / "photos-1" / "config.toml")
     assert cfg.recipe == "photos" and cfg.data.path == "photos"
-    assert (cfg.data.size, cfg.train.epochs, cfg.train.lr) == (96, 3, 1e-3)
+    assert (cfg.data.size, cfg.train.epochs, cfg.train.lr) == (96, 6, 2e-3)
     assert cfg.model.arch == "tf_efficientnet_lite0"
 
 
@@ -164,8 +164,8 @@ def test_fit_folder_keeps_what_the_user_set(cli, tmp_path, monkeypatch, stop_bef
     make_folder_dataset(tmp_path / "photos", n_per_class=10, size=(100, 130))
     result = cli("fit", "photos/", "--epochs", "7", "--set", "train.lr=5e-3", "--arch", "resnet18")
     assert result.exit_code == 130, result.output
-    assert ("defaults for this data (30 images, 3 classes, median short side 100 px): size 96, body lr / 3, "
-            "flip TTA\n" in result.stdout)
+    assert ("defaults for this data (30 images, 3 classes, median short side 100 px): size 96, batches of 16, "
+            "body lr / 3, flip TTA\n" in result.stdout)
     cfg = config.from_file(tmp_path / "runs" / "photos-1" / "config.toml")
     assert (cfg.data.size, cfg.train.epochs, cfg.train.lr, cfg.model.arch) == (96, 7, 5e-3, "resnet18")
 
@@ -176,11 +176,11 @@ def test_fit_folder_end_to_end(cli, tmp_path, monkeypatch):
     result = cli("fit", "photos", *FAST, "--set", "train.freeze_epochs=0")
     assert result.exit_code == 0, result.output
     # only what was not overridden is chosen: the lr of a small dataset, body LR, TTA
-    assert ("defaults for this data (30 images, 3 classes, median short side 24 px): lr 1e-3, "
+    assert ("defaults for this data (30 images, 3 classes, median short side 24 px): lr 2e-3, "
             "body lr / 3, flip TTA\n") in result.stdout
     run = tmp_path / "runs" / "photos-1"
     cfg = config.from_file(run / "config.toml")
-    assert cfg.train.lr == 1e-3 and cfg.data.size == 32 and cfg.model.arch == TINY_ARCH
+    assert cfg.train.lr == auto.EPOCH_TIERS[0][2] and cfg.data.size == 32 and cfg.model.arch == TINY_ARCH
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["classes"] == sorted(COLOURS) and meta["size"] == 32
     assert (run / "metrics.json").is_file()
@@ -191,7 +191,7 @@ def test_fit_multilabel_csv_end_to_end(cli, tmp_path, monkeypatch):
     _multilabel_csv(tmp_path / "data" / "tags")
     result = cli("fit", "data/tags/labels.csv", *FAST, "--set", "train.freeze_epochs=0")
     assert result.exit_code == 0, result.output
-    assert "(24 images, 3 labels, multi-label, median short side 24 px): lr 1e-3" in result.stdout
+    assert "(24 images, 3 labels, multi-label, median short side 24 px): lr 2e-3" in result.stdout
     run = tmp_path / "runs" / "tags-1"    # named after the CSV's folder
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["multi_label"] is True and meta["classes"] == sorted(COLOURS)

@@ -31,12 +31,15 @@ SIZE_STEP = 32
 SIZE_MIN, SIZE_MAX = 64, 224
 """CPU: below 64 px an ImageNet backbone has little left to see; 224 px is the size its weights
 were trained at, and a CPU pays for every pixel beyond (35 s per 400 images per epoch at 224)."""
-EPOCH_TIERS = (      # (training images at least, epochs after the frozen one, peak lr)
-    (0, 3, 1e-3),    # a 400-image two-class folder at 5+1 epochs, lr 2e-3 peaked after epoch 1
-                     # and then overfit (0.882 → 0.863): fewer epochs at a lower LR
-    (400, 5, 2e-3),  # config.py's defaults (~500 images and more at valid_pct 0.2)
-    (2000, 8, 3e-3), # plants (3319 training images) still underfit after 3 epochs at 2e-3 and
-                     # gained 0.10 accuracy at a higher LR: more epochs, a somewhat higher LR
+EPOCH_TIERS = (          # (training images at least, epochs after the frozen one, peak lr, batch size)
+    (0, 6, 2e-3, 16),    # small folders: what limits them is optimizer steps, not epochs. At
+                         # 3 epochs, lr 1e-3 and batches of 64, 240 images made 12 steps and
+                         # reached 0.72 on three seedling species where more steps reach 0.85
+                         # (bench/small_folders.py); one-cycle's low final LR keeps the last
+                         # epochs steady
+    (400, 6, 2e-3, 32),
+    (2000, 8, 3e-3, 64), # plants (3319 training images) still underfit after 3 epochs at 2e-3 and
+                         # gained 0.10 accuracy at a higher LR: more epochs, a somewhat higher LR
 )
 LR_MULT = 3.0
 """The body's LR is the head's / this after the frozen phase. fastai's 100 assumes three or more
@@ -76,16 +79,17 @@ def choose(summary: Summary, device: str = "CPU") -> dict[tuple[str, str], objec
 
     size: the median short side rounded to a multiple of SIZE_STEP, within [SIZE_MIN, SIZE_MAX]
     (left out when no header could be read); epochs and lr: by the number of training images
-    (EPOCH_TIERS); the body's LR divisor (LR_MULT), flip TTA (TTA), progressive resizing for
+    (EPOCH_TIERS, with the batch size); the body's LR divisor (LR_MULT), flip TTA (TTA), progressive resizing for
     larger sets (PROGRESSIVE_FROM); arch: ARCH_CPU. The numbers were measured on a CPU; a GPU gets the same
     values for now (`device` only names where it runs)."""
     out: dict[tuple[str, str], object] = {}
     if summary.median_side:
         size = round(summary.median_side / SIZE_STEP) * SIZE_STEP
         out[("data", "size")] = min(max(size, SIZE_MIN), SIZE_MAX)
-    epochs, lr = next((e, r) for least, e, r in reversed(EPOCH_TIERS) if summary.n_train >= least)
+    epochs, lr, bs = next((e, r, b) for least, e, r, b in reversed(EPOCH_TIERS) if summary.n_train >= least)
     out[("train", "epochs")] = epochs
     out[("train", "lr")] = lr
+    out[("train", "bs")] = bs
     out[("train", "lr_mult")] = LR_MULT
     out[("aug", "tta")] = TTA
     if summary.n_train >= PROGRESSIVE_FROM[0]:
@@ -158,6 +162,8 @@ def apply(cfg, given: set[tuple[str, str]], summary: Summary | None = None,
         shown.append(f"{applied['train', 'epochs']} epochs")
     if ("train", "lr") in applied:
         shown.append(f"lr {format_lr(applied['train', 'lr'])}")
+    if ("train", "bs") in applied:
+        shown.append(f"batches of {applied['train', 'bs']}")
     if ("train", "lr_mult") in applied:
         shown.append(f"body lr / {applied['train', 'lr_mult']:g}")
     if ("train", "progressive") in applied:
