@@ -155,24 +155,20 @@ def apply(cfg, given: set[tuple[str, str]], summary: Summary | None = None,
     for (section, key), value in applied.items():
         tables[section][key] = value
     cfg = config.build(tables)  # validated like any other config
-    shown = []
-    if ("data", "size") in applied:
-        shown.append(f"size {applied['data', 'size']}")
-    if ("train", "epochs") in applied:
-        shown.append(f"{applied['train', 'epochs']} epochs")
-    if ("train", "lr") in applied:
-        shown.append(f"lr {format_lr(applied['train', 'lr'])}")
-    if ("train", "bs") in applied:
-        shown.append(f"batches of {applied['train', 'bs']}")
-    if ("train", "lr_mult") in applied:
-        shown.append(f"body lr / {applied['train', 'lr_mult']:g}")
-    if ("train", "progressive") in applied:
-        shown.append(f"progressive resizing from {applied['train', 'progressive']:g}x")
-    if ("aug", "tta") in applied:
-        shown.append("flip TTA")
-    if ("model", "arch") in applied:
-        shown.append(f"{applied['model', 'arch']} ({where})")
+    shown = [SHOWN[k](v, where) for k, v in sorted(applied.items(), key=lambda kv: list(SHOWN).index(kv[0]))]
     return cfg, f"defaults for this data ({summary.describe()}): {', '.join(shown)}"
+
+
+SHOWN = {   # how each chosen value reads in the line `apply` prints, in this order
+    ("data", "size"): lambda v, where: f"size {v}",
+    ("train", "epochs"): lambda v, where: f"{v} epochs",
+    ("train", "lr"): lambda v, where: f"lr {format_lr(v)}",
+    ("train", "bs"): lambda v, where: f"batches of {v}",
+    ("train", "lr_mult"): lambda v, where: f"body lr / {v:g}",
+    ("train", "progressive"): lambda v, where: f"progressive resizing from {v:g}x",
+    ("aug", "tta"): lambda v, where: "flip TTA",
+    ("model", "arch"): lambda v, where: f"{v} ({where})",
+}
 
 
 def format_lr(lr: float) -> str:
