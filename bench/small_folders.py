@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/clfapp-small-folders")
     ap.add_argument("--only")
     ap.add_argument("--auto-only", action="store_true", help="only the `fit FOLDER` side")
+    ap.add_argument("--set", action="append", default=[], dest="sets",
+                    help="a config value for both sides, e.g. train.ema=0.999 (repeatable)")
+    ap.add_argument("--tag", default="", help="added to the run folder names")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: the shared datasets are needed")
@@ -95,8 +98,10 @@ def main() -> None:
                               ("plants recipe", ["plants", "--data", str(folder)])):
             if args.auto_only and how != "fit FOLDER":
                 continue
-            r = run(cli_args, f"bench-{name}-{'auto' if how == 'fit FOLDER' else 'plants'}-{stamp}", env)
-            rows.append(dict(folder=name, images=n, how=how, **r))
+            cli_args += [a for kv in args.sets for a in ("--set", kv)]
+            side = "auto" if how == "fit FOLDER" else "plants"
+            r = run(cli_args, f"bench-{name}-{side}{args.tag}-{stamp}", env)
+            rows.append(dict(folder=name, images=n, how=how, sets=" ".join(args.sets), **r))
             print(rows[-1], flush=True)
     print("\n" + pd.DataFrame(rows).to_string(index=False))
 

@@ -59,6 +59,12 @@ def test_tier_boundaries_follow_the_named_constants():
             assert (below[("train", "epochs")], below[("train", "lr")], below[("train", "bs")]) != (epochs, lr, bs)
 
 
+def test_weight_average_only_for_small_sets():
+    least, decay = auto.EMA_BELOW
+    assert auto.choose(summary(n_train=least - 1))[("train", "ema")] == decay
+    assert ("train", "ema") not in auto.choose(summary(n_train=least))
+
+
 def test_progressive_resizing_only_for_larger_sets():
     least, fraction = auto.PROGRESSIVE_FROM
     assert auto.choose(summary(n_train=least))[("train", "progressive")] == fraction
@@ -73,11 +79,12 @@ def test_apply_keeps_given_keys_and_values_that_differ_from_the_defaults():
     assert out.train.epochs == 9                       # a recipe's value (not the default) wins
     assert out.train.lr == TrainConfig.lr              # given on the command line: kept
     assert line == ("defaults for this data (125 images, 2 classes, median short side 100 px): "
-                    "size 96, batches of 16, body lr / 3, flip TTA, tf_efficientnet_lite0 (CPU)")
+                    "size 96, batches of 16, body lr / 3, weight average (EMA 0.999), flip TTA, "
+                    "tf_efficientnet_lite0 (CPU)")
     assert out.train.lr_mult == auto.LR_MULT and out.aug.tta is auto.TTA
     assert out.train.progressive == 1.0                # off below PROGRESSIVE_FROM's images
     everything = {("data", "size"), ("train", "epochs"), ("train", "lr"), ("model", "arch"),
-                  ("train", "lr_mult"), ("aug", "tta"), ("train", "bs")}
+                  ("train", "lr_mult"), ("aug", "tta"), ("train", "bs"), ("train", "ema")}
     same, none = auto.apply(cfg, given=everything, summary=s, where="CPU")
     assert same == cfg and none is None
 
@@ -152,7 +159,8 @@ def test_fit_folder_prints_the_choice_and_records_it(cli, tmp_path, monkeypatch,
     assert result.exit_code == 130, result.output
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("defaults for this data")]
     assert lines == ["defaults for this data (30 images, 3 classes, median short side 100 px): "
-                     "size 96, 6 epochs, lr 2e-3, batches of 16, body lr / 3, flip TTA, tf_efficientnet_lite0 (CPU)"]
+                     "size 96, 6 epochs, lr 2e-3, batches of 16, body lr / 3, weight average (EMA 0.999), "
+                     "flip TTA, tf_efficientnet_lite0 (CPU)"]
     cfg = config.from_file(tmp_path / "runs" / "photos-1" / "config.toml")
     assert cfg.recipe == "photos" and cfg.data.path == "photos"
     assert (cfg.data.size, cfg.train.epochs, cfg.train.lr) == (96, 6, 2e-3)
@@ -165,7 +173,7 @@ def test_fit_folder_keeps_what_the_user_set(cli, tmp_path, monkeypatch, stop_bef
     result = cli("fit", "photos/", "--epochs", "7", "--set", "train.lr=5e-3", "--arch", "resnet18")
     assert result.exit_code == 130, result.output
     assert ("defaults for this data (30 images, 3 classes, median short side 100 px): size 96, batches of 16, "
-            "body lr / 3, flip TTA\n" in result.stdout)
+            "body lr / 3, weight average (EMA 0.999), flip TTA\n" in result.stdout)
     cfg = config.from_file(tmp_path / "runs" / "photos-1" / "config.toml")
     assert (cfg.data.size, cfg.train.epochs, cfg.train.lr, cfg.model.arch) == (96, 7, 5e-3, "resnet18")
 
@@ -177,7 +185,7 @@ def test_fit_folder_end_to_end(cli, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     # only what was not overridden is chosen: the lr of a small dataset, body LR, TTA
     assert ("defaults for this data (30 images, 3 classes, median short side 24 px): lr 2e-3, "
-            "body lr / 3, flip TTA\n") in result.stdout
+            "body lr / 3, weight average (EMA 0.999), flip TTA\n") in result.stdout
     run = tmp_path / "runs" / "photos-1"
     cfg = config.from_file(run / "config.toml")
     assert cfg.train.lr == auto.EPOCH_TIERS[0][2] and cfg.data.size == 32 and cfg.model.arch == TINY_ARCH

@@ -164,6 +164,11 @@ class TrainConfig:
     """Progressive resizing (train/progressive.py): training batches start at this fraction of
     data.size (the frozen phase throughout) and grow to the full size by 3/4 of the main phase;
     validation is always at full size. 1 = off."""
+    ema: float = 0.0
+    """Exponential moving average of the weights (models/callbacks.py WeightEMA): the decay
+    ceiling, e.g. 0.999; 0 = off. Validation, the best-epoch choice and the saved model use
+    the averaged weights. The decay warms up (timm's ModelEmaV3, power 2/3), so a short run
+    averages over its last ~10% of steps rather than its untrained start."""
     workers: int = 0
     """DataLoader worker processes. Images are decoded once and held in memory, so 0 is fastest."""
     schedule: str = "one_cycle"
@@ -409,6 +414,8 @@ def _check_schedule(t: TrainConfig, pretrained: bool) -> None:
     if t.sgdr_cycles < 0 or t.sgdr_cycle_len < 1 or t.sgdr_mult < 1:
         raise UsageError("train.sgdr_cycles must be >= 0 (0 = from epochs), train.sgdr_cycle_len "
                          "and train.sgdr_mult >= 1")
+    if not 0 <= t.ema < 1:
+        raise UsageError(f"train.ema must be in [0, 1) (a decay such as 0.999; 0 = off), got {t.ema}")
     if t.lr_mult < 1:
         raise UsageError(f"train.lr_mult must be at least 1 (1 = one LR for all), got {t.lr_mult}")
     if not 0 < t.unfreeze_fraction <= 1:

@@ -226,3 +226,46 @@ def bf16_enabled(precision: str) -> bool:
     if precision == "fp32" or torch.cuda.is_available():
         return False
     return precision == "bf16" or cpu_has_fast_bf16()
+
+
+class WeightEMA(Callback):
+    """Validate (and so choose and save) an exponential moving average of the weights.
+
+    timm's ModelEmaV3 keeps the average, updated after every training step across fine_tune's
+    frozen and full phases, with a warm-up (decay 1 - (1 + step)^-2/3, capped at `decay`) so a
+    run of a few hundred steps is not dragged back to its start. Before validation the model's
+    weights are swapped for the average; they are swapped back after KeepBest (56),
+    StopOnNonFinite (57) and the budget guard (58) have seen the epoch, so results.csv, the best
+    epoch and the saved bundle are all the average's; training goes on from its own weights. Buffers (BatchNorm statistics) are averaged too: it also
+    smooths the running statistics small batches make noisy late in a run.
+    """
+    order = 59   # before EarlyStoppingCallback (60), which may cancel the fit
+
+    def __init__(self, decay: float):
+        self.decay, self.ema, self.step, self.saved = decay, None, 0, None
+
+    def before_fit(self):
+        self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
+        if self.run and self.ema is None:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.learn.model, decay=self.decay, use_warmup=True)
+
+    def after_batch(self):
+        if self.training:
+            self.step += 1
+            self.ema.update(self.learn.model, step=self.step)
+
+    def before_validate(self):
+        self.saved = copy.deepcopy(self.learn.model.state_dict())
+        self.learn.model.load_state_dict(self.ema.module.state_dict())
+
+    def after_epoch(self):
+        self._swap_back()
+
+    def after_fit(self):
+        self._swap_back()  # a fit cancelled after validation (StopOnNonFinite, early stopping)
+
+    def _swap_back(self):
+        if self.saved is not None:
+            self.learn.model.load_state_dict(self.saved)
+            self.saved = None

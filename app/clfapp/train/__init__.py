@@ -248,7 +248,7 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     began, from which train.budget counts (default: now)."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
-    from ..models.callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite
+    from ..models.callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite, WeightEMA
 
     t0 = time.perf_counter()
     (folder / "config.toml").write_text(config.dumps(cfg))
@@ -266,6 +266,8 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     monitor = monitor_name(t.monitor, prep.dataset.multi_label)
     keep, nan_guard = KeepBest(monitor), StopOnNonFinite()
     cbs = [ResultsCSV(folder / "results.csv", tensorboard=t.tensorboard), keep, nan_guard]
+    if t.ema:  # validated, kept and saved: the weights' moving average
+        cbs.append(WeightEMA(t.ema))
     if t.early_stop:
         cbs.append(EarlyStoppingCallback(monitor=monitor, patience=t.early_stop, reset_on_fit=False))
     plan = None
