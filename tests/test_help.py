@@ -12,7 +12,8 @@ import pytest
 SCRIPT = Path(sys.executable).parent / "clfapp"
 BASE = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "clfapp"]
 COMMANDS = [[], ["fit"], ["lr-find"], ["evaluate"], ["predict"], ["recipes"], ["data"],
-            ["data", "sample"], ["ensemble"], ["compare"], ["export"], ["distill"], ["thresholds"]]
+            ["data", "sample"], ["ensemble"], ["compare"], ["export"], ["distill"], ["thresholds"],
+            ["tune"]]
 
 
 def _run(args, timeout=30):

@@ -50,6 +50,10 @@ class DataConfig:
     """How images are brought to `size`: squish | crop (centre) | pad."""
     sample: str = ""
     """Name of an embedded dataset (`clfapp data sample NAME`) made at `path` when missing."""
+    cache: str = "auto"
+    """The on-disk image cache (data/cache.py; `clfapp data prepare` builds it ahead): auto
+    (used when one exists for these files, built when the data is not small:
+    IMAGE_CACHE_MIN_BYTES) | on (always built and used) | off (decode into memory)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ class TrainConfig:
     lookahead_alpha: float = 0.5
     """Lookahead's slow-weight step: slow += alpha * (fast - slow) at each sync."""
     seed: int = 42
+    """Seeds the initial weights, the augmentation and the batch order (train/reproducible.py);
+    the split has its own, data.seed."""
+    deterministic: bool = False
+    """Bit-for-bit reruns (--deterministic): torch's deterministic algorithms, and a resumed
+    run keeps the thread count it started with (train/reproducible.py)."""
     monitor: str = "auto"
     """Metric that picks the best epoch, which the run ends with: auto (accuracy, or f1_micro
     for multi-label) | accuracy | f1_macro | f1_micro | valid_loss."""
@@ -220,9 +229,56 @@ class ThresholdsConfig:
     """global (one threshold) | per-label."""
 
 
+IMAGE_CACHE_MIN_BYTES = 256 * 2**20
+"""data.cache = auto builds the on-disk image cache from this size, of the image files (their
+decoding is what the cache saves) or of the decoded array (what in-memory decoding would
+hold): below both, decoding into memory is quick and small."""
+IMAGE_CACHE_SUBDIR = "images"
+"""The image cache lives in $CLFAPP_CACHE/images (default ~/.cache/clfapp/images)."""
+CACHE_POOL = "thread"
+"""What decodes images into the cache: thread | process (measured: bench/scale_cache.py)."""
+CACHE_WORKERS = 0
+"""Decoders building the cache (0 = one per core, at most 8)."""
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`clfapp tune`'s settings (train/tune.py): the plain keys of a recipe's [tune] table, whose
+    dotted keys ("train.lr" = {low = 1e-4, high = 1e-2, log = true}, "aug.max_rotate" = [0, 10])
+    are the search space; the command's flags override them. Not part of a run's Config: fit
+    ignores the [tune] table."""
+    trials: int = 20
+    """Trials the study holds in all (finished, pruned and running ones count, failed ones not):
+    run again with more to search further; several workers share the count."""
+    sampler: str = "tpe"
+    """tpe | random | grid (every combination of the space's lists, in a seeded order)."""
+    pruner: str = "median"
+    """median (stop a trial whose epoch figure is below the median of earlier trials at the
+    same epoch) | hyperband | none."""
+    startup_trials: int = 4
+    """The first trials: sampled at random (tpe) and never pruned (median), they set the bar."""
+    warmup_epochs: int = 1
+    """Epochs every trial runs before the median pruner may stop it."""
+    budget: str = ""
+    """Wall time of the whole command ("" = none; "90m", "2h"): no trial starts after it, and
+    the one running then stops at its next epoch end (recorded as pruned, stopped = budget)."""
+    keep: int = 0
+    """Keep the run folders of the best N finished trials only (0 = all)."""
+
+
+TUNE_SPACE = {"train.lr": {"low": 5e-4, "high": 1e-2, "log": True},
+              "train.wd": [0.001, 0.01, 0.1],
+              "model.dropout": {"low": 0.1, "high": 0.6},
+              "aug.max_rotate": [0.0, 10.0, 30.0]}
+"""The search space of `clfapp tune` on a folder, or on a recipe without a [tune] table."""
+TUNE_FIXED_DATA = ("path", "labels", "label_delim", "split", "valid_pct", "test_pct", "seed",
+                   "splits_from", "sample")
+"""data keys a search space may not vary: every trial of a study validates on one split."""
+
 INFER_BS = 64
 """Images per batch when a trained model predicts: predict, evaluate, thresholds, ensembles,
 export parity, teacher outputs (training batches are train.bs)."""
+INFER_WORKERS = 0
+"""predict --workers: processes decoding images ahead of the model (0 = in the main one)."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +296,7 @@ SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "recipe"}
 CHOICES = {
     ("data", "split"): ("auto", "folder", "stratified", "iterative", "random"),
     ("data", "resize"): ("squish", "crop", "pad"),
+    ("data", "cache"): ("auto", "on", "off"),
     ("loss", "name"): ("auto", "cross_entropy", "label_smoothing", "focal", "bce", "focal_bce"),
     ("train", "opt"): ("adam", "adamw", "sgd", "radam", "ranger", "lamb"),
     ("train", "monitor"): ("auto", "accuracy", "f1_macro", "f1_micro", "valid_loss"),
@@ -461,7 +518,8 @@ def load(recipe_file: Path | None, overrides: dict | None = None, recipe_name: s
             raw = tomllib.loads(Path(recipe_file).read_text())
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"recipe {recipe_file} is not valid TOML: {e}")
-        tables = merge(tables, raw, str(recipe_file))
+        # [tune] is `clfapp tune`'s search space (train/tune.py), no setting of a run
+        tables = merge(tables, {k: v for k, v in raw.items() if k != "tune"}, str(recipe_file))
     if overrides:
         tables = merge(tables, overrides, "the command line")
     return build(tables)

@@ -1,6 +1,7 @@
 """What every command shares: error handling, exit codes, recipe options."""
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import warnings
@@ -31,7 +32,31 @@ def command(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED)
+        except OSError as e:
+            said = storage_error(e)
+            if said is None:
+                raise
+            typer.echo(f"error: {said}", err=True)
+            raise typer.Exit(UsageError.exit_code)
     return wrapper
+
+
+# Errors of the place outputs go (a full disk, a folder that cannot be written): the user fixes
+# them, so one line and exit 2 rather than a traceback.
+_STORAGE = {errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+            errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
+            errno.EROFS: "that file system is read-only; write elsewhere",
+            errno.EACCES: "check its permissions, or write elsewhere",
+            errno.EPERM: "check its permissions, or write elsewhere"}
+
+
+def storage_error(e: OSError) -> str | None:
+    """The one line for an OSError of a full or unwritable output place; None for any other."""
+    hint = _STORAGE.get(e.errno)
+    if hint is None:
+        return None
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where} ({hint})"
 
 
 def _quiet_bars_off_terminal() -> None:

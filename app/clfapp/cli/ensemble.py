@@ -36,6 +36,8 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more run 
     from .. import report
     from ..report import runs
 
+    if bs < 1:
+        raise common.UsageError(f"--bs must be at least 1, got {bs}")
     folders = [runs.existing(m) for m in members]
     parsed = None
     if weights is not None:

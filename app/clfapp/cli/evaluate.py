@@ -29,6 +29,8 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     from .. import report
     from ..report import html, runs
 
+    if bs < 1:
+        raise common.UsageError(f"--bs must be at least 1, got {bs}")
     folder = runs.existing(run)
     predictor = predict.load_predictor(folder)
     tta = predict.tta_default(predictor, tta)

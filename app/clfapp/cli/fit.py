@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -18,7 +18,14 @@ def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: comm
         set_: common.Set = None, budget: common.Budget = None,
         full: Annotated[bool, typer.Option("--full", help=(
             "Then retrain the same settings (epochs, LR, seed) on train+valid as the final "
-            "model/; the first model moves to model-valid/ and its figures stay the estimate."))] = False):
+            "model/; the first model moves to model-valid/ and its figures stay the estimate."))] = False,
+        deterministic: Annotated[bool, typer.Option("--deterministic", help=(
+            "Bit-for-bit reruns: deterministic torch algorithms, and a resumed run keeps its "
+            "thread count (train.deterministic)."))] = False,
+        resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN", help=(
+            "Continue RUN (a folder, or its name under runs/) from its last finished epoch, "
+            "to the same end and files as a run never stopped; refused if its config or data "
+            "changed. Takes no recipe or other option."), show_default=False)] = None):
     """Train a classifier from RECIPE (with overrides) into a new run folder runs/RECIPE-N.
 
     `clfapp fit photos/` (a folder of labelled images, or a .csv of fname,label[s]) trains the
@@ -30,15 +37,34 @@ def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: comm
     the best epoch, and writes config.toml, splits.csv, results.csv, metrics.json, report.md,
     plots/ and the model bundle (model/) into the run folder. Whatever stops training early
     (Ctrl-C: exit 130, SIGTERM: 143, a NaN/inf loss or an error: 1) still saves the best epoch so far.
+    After every epoch RUN/checkpoint.safetensors is replaced; `clfapp fit --resume RUN` continues
+    a run that was killed or stopped from there (a finished run: says so, exit 0).
     """
     started = time.perf_counter()  # --budget counts from here: loading torch and the data spend it
     from ..report import runs
     from .. import train
 
+    if resume is not None:
+        given = [flag for flag, v in (("RECIPE", recipe), ("--data", data), ("--arch", arch),
+                 ("--size", size), ("--epochs", epochs), ("--bs", bs), ("--lr", lr), ("--seed", seed),
+                 ("--name", name), ("--weights", weights), ("--pretrained", pretrained),
+                 ("--split-seed", split_seed), ("--splits-from", splits_from), ("--set", set_),
+                 ("--budget", budget), ("--full", full), ("--deterministic", deterministic))
+                 if v not in (None, False, [])]
+        if given:
+            raise common.UsageError(f"--resume continues {resume} with the config it started with; "
+                                    f"drop {', '.join(given)}")
+        return _resume(runs.existing(resume), started)
+    if deterministic:
+        set_ = [*(set_ or []), "train.deterministic=true"]
     recipe = common.project_default(recipe)  # none given: ./clfapp.toml
     cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_,
                                 split_seed, splits_from, budget=budget)
     common.check_data_path(recipe, cfg)
+    from ..data import check as data_check
+    data_check.before_fit(cfg)  # reads no image: missing files, classes too small, no split
+    from .. import models
+    models.resolve(cfg.model.arch, cfg.model.pretrained, cfg.model.cut_blocks)  # before any folder
     if full and cfg.train.budget:
         raise common.UsageError("--budget (train.budget) does not work with --full yet: the "
                                 "retraining on train+valid would run past it; drop one of them")
@@ -49,11 +75,26 @@ def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: comm
             from ..train import full as full_fit
             result = full_fit.fit_full(cfg, folder)
         else:
-            result = train.fit(cfg, folder, started=started)
-    except common.UsageError:
+            result = train.fit(cfg, folder, started=started, checkpoints=True)
+    except (common.UsageError, OSError) as e:
+        if isinstance(e, OSError) and common.storage_error(e) is None:
+            raise
         if not (folder / "model").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
         raise
+    _report(result, folder)
+
+
+def _resume(folder, started: float) -> None:
+    from ..train import checkpoint
+    if checkpoint.state_of(folder) == "finished":
+        common.echo(checkpoint.finished_line(folder))   # resuming it again is no mistake: exit 0
+        return
+    _report(checkpoint.resume(folder, started), folder)
+
+
+def _report(result, folder) -> None:
+    """The end of fit: its summary lines, and the exit code of a run that stopped early."""
     if not result.metrics:
         common.echo(f"training {result.stopped} before the first epoch ended; nothing to save in {folder}")
         raise typer.Exit(EXIT_CODES[result.stopped])

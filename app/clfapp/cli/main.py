@@ -6,6 +6,7 @@ import typer
 from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, runs, thresholds
 from . import export as export_cmd
 from . import distill as distill_cmd
+from . import tune as tune_cmd
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
@@ -20,6 +21,7 @@ app.command("thresholds")(thresholds.thresholds)
 app.command("ensemble")(ensemble.ensemble)
 app.command("distill")(distill_cmd.distill)
 app.command("compare")(compare.compare)
+app.command("tune")(tune_cmd.tune)
 app.command("recipes")(recipes.recipes)
 app.command("runs")(runs.runs)
 app.add_typer(data.app, name="data")

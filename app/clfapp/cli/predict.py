@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import common
-from ..config import INFER_BS
+from ..config import INFER_BS, INFER_WORKERS
 
 
 @common.command
@@ -19,15 +19,23 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips. Default: what the model says (model.json tta, from aug.tta).", show_default=False)] = None,
             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
-            backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime; no --tta).")] = "torch"):
+            backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime; no --tta).")] = "torch",
+            workers: Annotated[int, typer.Option("--workers", help="Processes decoding images ahead of the model (0: decode in this one).")] = INFER_WORKERS,
+            resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted prediction: keep the rows already written (--out, or RUN's newest predict-N) and classify only the files not in them.")] = False):
     """Classify images with a trained model: label, probability and top-k per image
     (multi-label models: the predicted label set and one probability column per label).
 
     Loads only the safe bundle (safetensors + model.json); unreadable images are skipped with a
     warning naming them. `clfapp predict photos/` (one argument that is no run) uses the newest
     finished run under runs/ (model/ and metrics.json written) and says which.
+
+    Any number of images: they are decoded batch by batch (images a fit cached are read from
+    the image cache) and CSV rows are written and flushed as each batch is done, into
+    OUT.part, renamed to OUT at the end. After an interruption, the same command with
+    `--resume` keeps those rows and classifies only the rest: each file once in the output.
     """
     from ..infer import predict as pr
+    from ..infer import stream
     from ..report import runs
 
     if fmt not in ("csv", "json"):
@@ -37,6 +45,13 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     if backend == "onnx" and tta:
         raise common.UsageError("--tta is not available with --backend onnx (the exported graph is "
                                 "the plain model); use --backend torch for TTA")
+    if resume and fmt != "csv":
+        raise common.UsageError("--resume works with --format csv (a JSON file is written whole "
+                                "at the end)")
+    if workers < 0:
+        raise common.UsageError(f"--workers must be 0 or more, got {workers}")
+    if top_k < 1 or bs < 1:
+        raise common.UsageError(f"--top-k and --bs must be at least 1, got {top_k} and {bs}")
     if paths:
         folder = runs.existing(run)
     else:  # `clfapp predict photos/`: the newest finished run classifies them
@@ -51,19 +66,71 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     else:
         predictor = pr.load_predictor(folder)
         tta = pr.tta_default(predictor, tta)
-    probs, kept = predictor.probabilities(files, tta=bool(tta), bs=bs)
-    kept_files = [files[i] for i in kept]
-    if predictor.meta.multi_label:
-        df = pr.multilabel_table(kept_files, probs, predictor.meta, threshold)
-    else:
-        df = pr.table(kept_files, probs, predictor.classes, top_k)
+    # a folder this command makes is removed again when it ends with nothing predicted
+    made_folder = (out is None and not resume) or (out is not None and not out.parent.exists())
     if out is None:
-        out = runs.new_folder(folder, "predict") / f"predictions.{fmt}"
+        out = (_resumable(folder) if resume else None) or runs.new_folder(folder, "predict") / f"predictions.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        try:
+            _write_json(predictor, files, out, tta, bs, workers, top_k, threshold)
+        except common.UsageError:
+            _remove_if_empty(out.parent, made_folder)
+            raise
+        return
+    sink = stream.CsvSink(out, stream.header(predictor.meta, top_k), resume)
+    todo = [f for f in files if f not in sink.done]
+    if resume:
+        common.echo(f"resuming {out}: {len(sink.done)} rows kept, {len(todo)} of {len(files)} "
+                    "files left")
+    try:
+        n = stream.run(predictor, todo, sink, tta=bool(tta), bs=bs, workers=workers,
+                       top_k=top_k, threshold=threshold)
+    except common.UsageError:  # e.g. no image could be read: no half-written file is left
+        sink.close()
+        if sink.rows == 0 and not resume:
+            sink.part.unlink(missing_ok=True)
+            _remove_if_empty(out.parent, made_folder)
+        raise
+    except KeyboardInterrupt:
+        sink.close()
+        common.echo(f"interrupted: {sink.rows} rows are in {sink.part}; the same command with "
+                    "--resume continues")
+        raise
+    sink.finish()
+    common.echo(f"{sink.rows} predictions written to {out} ({n.seconds:.1f} s, "
+                f"{n.rate:.0f} images/s for {n.images} images)")
+
+
+def _remove_if_empty(folder: Path, made: bool) -> None:
+    if made and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _resumable(folder: Path) -> Path | None:
+    """predictions.csv of RUN's newest predict-N folder (finished or not), to resume."""
+    import re
+    found = [(int(m.group(1)), p) for p in folder.glob("predict-*")
+             if (m := re.fullmatch(r"predict-(\d+)", p.name))]
+    for _, p in sorted(found, reverse=True):
+        out = p / "predictions.csv"
+        if out.exists() or out.with_name(out.name + ".part").exists():
+            return out
+    raise common.UsageError(f"--resume: {folder} has no earlier predict-N/predictions.csv to "
+                            "resume; pass --out FILE or leave out --resume")
+
+
+def _write_json(predictor, files, out, tta, bs, workers, top_k, threshold):
+    import pandas as pd
+
+    from ..infer import predict as pr
+    from ..infer import stream
+    parts = [stream.rows_of(predictor, [files[i] for i in idx], probs, top_k, threshold)
+             for idx, probs in pr.batches(predictor, files, bool(tta), bs, workers)]
+    if not parts:
+        raise common.UsageError("none of the images could be read")
+    df = pd.concat(parts, ignore_index=True)
     tmp = out.with_name(out.name + ".tmp")
-    if fmt == "csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_json(tmp, orient="records", indent=1)
+    df.to_json(tmp, orient="records", indent=1)
     os.replace(tmp, out)  # never a half-written output file
     common.echo(f"{len(df)} predictions written to {out}")

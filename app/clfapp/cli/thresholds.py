@@ -31,6 +31,8 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
         raise common.UsageError(f"--metric must be one of {', '.join(th.METRICS)}, got {metric!r}")
     if mode not in th.MODES:
         raise common.UsageError(f"--mode must be one of {', '.join(th.MODES)}, got {mode!r}")
+    if bs < 1:
+        raise common.UsageError(f"--bs must be at least 1, got {bs}")
     folder = runs.existing(run)
     predictor = predict.load_predictor(folder)
     if not predictor.meta.multi_label:

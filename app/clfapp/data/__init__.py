@@ -68,14 +68,20 @@ def _from_csv(root: Path, csv_name: str, delim: str = " ") -> pd.DataFrame:
     csv = Path(csv_name) if Path(csv_name).is_absolute() else root / csv_name
     if not csv.is_file():
         raise UsageError(f"label file {csv} not found (data.labels = 'csv:{csv_name}')")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df = read_label_csv(csv)
     if "fname" not in df.columns:
         raise UsageError(f"{csv} needs a fname column (it has: {', '.join(df.columns)})")
     base = root / "images" if (root / "images").is_dir() else root
+    outside = [n for n in df["fname"] if escapes(n)]
+    if outside:
+        # A label file is data, often downloaded: it must not point clfapp at other files on
+        # the machine (../../etc/x, /home/...). Symlinks inside the folder are still followed.
+        raise UsageError(f"{csv} names {len(outside)} file(s) outside the dataset folder "
+                         f"{root}, e.g. {outside[0]!r}; give paths relative to that folder")
 
     def locate(name: str) -> str:
         p = Path(name)
-        return str(p if p.is_absolute() else (base / p if (base / p).exists() else root / p))
+        return str(base / p if (base / p).exists() else root / p)
     out = pd.DataFrame({"path": df["fname"].map(locate)})
     if "label" in df.columns:
         out["label"] = df["label"]
@@ -89,6 +95,28 @@ def _from_csv(root: Path, csv_name: str, delim: str = " ") -> pd.DataFrame:
         out["labels"] = [delim.join(c for c in onehot if row[c] == "1") for _, row in df.iterrows()]
     out["split"] = df["split"].map(lambda s: SPLIT_FOLDERS.get(s.lower())) if "split" in df else None
     return _merge_duplicates(out, df["fname"], csv, delim)
+
+
+def read_label_csv(csv: Path) -> pd.DataFrame:
+    """A label CSV as strings ("" for empty cells); an empty, undecodable or malformed file is
+    a usage error naming it."""
+    try:
+        return pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"label file {csv} is empty; it needs a header (fname,label) and one row per image")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"label file {csv} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8")
+    except (pd.errors.ParserError, ValueError) as e:
+        raise UsageError(f"label file {csv} is not a valid CSV: {str(e).strip().splitlines()[0]}")
+
+
+def escapes(name: str) -> bool:
+    """Whether a CSV file name leaves the dataset folder: absolute, or `..` climbing out of it
+    (judged on the text, so a symlink inside the folder is not refused)."""
+    import os
+    if not name or Path(name).is_absolute() or Path(name).drive:
+        return bool(name)
+    return os.path.normpath(name).replace("\\", "/").split("/")[0] == ".."
 
 
 def _merge_duplicates(out: pd.DataFrame, fnames: pd.Series, csv: Path, delim: str) -> pd.DataFrame:
@@ -199,6 +227,7 @@ def scan(cfg: DataConfig) -> pd.DataFrame:
     if not cfg.path or not root.exists():
         raise UsageError(f"data path {cfg.path!r} does not exist; pass --data PATH or set "
                          "[data] path in the recipe")
+    from_csv = root.is_file() or cfg.labels.startswith("csv:")
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise UsageError(f"data path {root} is a file; give a folder of images or a CSV")
@@ -213,9 +242,13 @@ def scan(cfg: DataConfig) -> pd.DataFrame:
         return _check_multi_label(items, root, cfg.label_delim)
     unlabelled = items["label"].isna() | (items["label"] == "")
     if unlabelled.all() and len(items):
-        how = ("no image sits in a class folder (expected ROOT/CLASS/img.jpg)"
+        how = ("every row's label is empty" if from_csv
+               else "no image sits in a class folder (expected ROOT/CLASS/img.jpg)"
                if cfg.labels == "folder" else f"no file name matches {cfg.labels}")
         raise UsageError(f"no labelled images in {root}: {how}")
+    if from_csv and unlabelled.any():
+        print(f"warning: {int(unlabelled.sum())} row(s) of the label file have an empty label and "
+              f"are left out, e.g. {Path(items.loc[unlabelled, 'path'].iloc[0]).name}", file=sys.stderr)
     items = items[~unlabelled].reset_index(drop=True)
     if len(items) == 0:
         raise UsageError(f"no images found in {root} (looked for {', '.join(sorted(images.IMAGE_EXTENSIONS))})")
@@ -244,7 +277,8 @@ def classes_of(items: pd.DataFrame, delim: str = " ") -> list[str]:
 class Dataset:
     """The items of a run with their images decoded once, held in memory."""
     items: pd.DataFrame          # path, label, split (train/valid/test), for splits.csv
-    pixels: np.ndarray           # N x S x S x 3 uint8, rows aligned with items
+    pixels: np.ndarray           # N x S x S x 3 uint8, rows aligned with items (in memory,
+                                 # or an np.memmap over the image cache: index it by rows)
     classes: list[str]
     delim: str = " "
 
@@ -262,8 +296,9 @@ class Dataset:
         return np.flatnonzero(self.items["split"].to_numpy() == split)
 
 
-def load(cfg: Config) -> Dataset:
-    """Scan, split, decode: every item's split is decided here and recorded in `items`."""
+def split_items(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the items training decodes: train + valid, in order; the held-out test items), as
+    `load` and `clfapp data prepare` (which builds their image cache ahead) both need them."""
     items = scan(cfg.data)
     y = (label_matrix(items["labels"], classes_of(items, cfg.data.label_delim), cfg.data.label_delim)
          if is_multi_label(items) else None)
@@ -271,15 +306,26 @@ def load(cfg: Config) -> Dataset:
                           root=dataset_root(cfg.data), test_pct=cfg.data.test_pct)
     if cfg.data.splits_from:
         items = splits.reuse(items, cfg.data.splits_from)
-    used = items[items["split"] != "test"].reset_index(drop=True)
-    pixels, kept = images.read_many(used["path"].tolist(), cfg.data.size, cfg.data.resize)
+    return (items[items["split"] != "test"].reset_index(drop=True),
+            items[items["split"] == "test"])
+
+
+def load(cfg: Config) -> Dataset:
+    """Scan, split, decode: every item's split is decided here and recorded in `items`.
+
+    Decoded pixels come from the on-disk image cache (a memory map, data/cache.py) when one
+    exists or the data is large, else they are decoded into memory."""
+    from . import cache
+
+    used, tests = split_items(cfg)
+    pixels, kept = cache.pixels_for(used["path"].tolist(), cfg.data.size, cfg.data.resize,
+                                    cfg.data.cache)
     if len(kept) < len(used):
         print(f"warning: {len(used) - len(kept)} unreadable image(s) left out", flush=True)
     used = used.iloc[kept].reset_index(drop=True)
     if not (used["split"] == "valid").any() or not (used["split"] == "train").any():
         raise UsageError("the split left no training or no validation images; add images or "
                          "change data.valid_pct")
-    tests = items[items["split"] == "test"]
     return Dataset(pd.concat([used, tests], ignore_index=True), pixels,
                    classes_of(used, cfg.data.label_delim), cfg.data.label_delim)
 

@@ -32,7 +32,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode.startswith("I"):  # 16/32-bit grey: scale to 8 bits, convert() would clip at 255
         a = np.asarray(img, dtype=np.float64)
-        a = a / 257.0 if a.max() > 255 else a
+        # I;16 is 16-bit by definition (a dark one may hold only values < 256); plain I (32-bit
+        # int, what some PIL versions make of a 16-bit PNG) is judged by its range
+        a = a / 257.0 if img.mode.startswith("I;16") or a.max() > 255 else a
         return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

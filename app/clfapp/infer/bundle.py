@@ -70,8 +70,12 @@ def save(folder: Path, model, meta: BundleMeta) -> Path:
     tmp.mkdir(parents=True)
     meta.versions = meta.versions or library_versions()
     meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    save_model(model, str(tmp / WEIGHTS))
-    (tmp / META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    try:
+        save_model(model, str(tmp / WEIGHTS))
+        (tmp / META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written bundle behind
+        raise
     _swap_in(tmp, folder)
     return folder
 
@@ -93,6 +97,45 @@ def _swap_in(new: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# Files that unpickle when loaded (fastai's export.pkl, torch.save of a whole model, joblib):
+# loading one runs whatever code its author put in it, so clfapp refuses them by name and content.
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".pth", ".pt", ".ckpt", ".bin", ".joblib", ".dill"}
+WHY_NO_PICKLE = ("clfapp never loads pickled models: opening one runs any code its author put "
+                 "in it. Give a run folder (model/ holds weights.safetensors + model.json); a "
+                 "plain state_dict can start a fit as pretrained weights with --weights FILE "
+                 "(tensors only)")
+
+
+def is_pickle(path: Path) -> bool:
+    """A pickle or a torch.save file, by its suffix or its first bytes (pickle protocol 2+
+    starts with 0x80; torch.save writes a zip archive holding data.pkl)."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if head[:1] == b"\x80":
+        return True
+    if head == b"PK\x03\x04":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    return False
+
+
+def refuse_pickle(path: Path, what: str = "") -> None:
+    """UsageError saying why when `path` is a pickled model file."""
+    path = Path(path)
+    if path.is_file() and is_pickle(path):
+        raise UsageError(f"{what}{path} is a pickle file; {WHY_NO_PICKLE}")
+
+
 def find(path: Path) -> Path:
     """The bundle folder for a run folder or a bundle folder."""
     path = Path(path)
@@ -101,6 +144,12 @@ def find(path: Path) -> Path:
             return candidate
     if not path.exists():
         raise UsageError(f"{path} does not exist; give a run folder (runs/NAME) or a model folder")
+    refuse_pickle(path)
+    pickles = sorted(p.name for c in (path / "model", path) if c.is_dir() for p in c.iterdir()
+                     if p.is_file() and is_pickle(p))
+    if pickles:
+        raise UsageError(f"{path} holds no model bundle ({META} + {WEIGHTS}), only "
+                         f"{', '.join(pickles[:3])}: {WHY_NO_PICKLE}")
     raise UsageError(f"{path} holds no model bundle ({META} + {WEIGHTS}); was its fit finished?")
 
 
@@ -136,7 +185,16 @@ def load(path: Path):
     model, _ = models.build(models.resolve(meta.arch), len(meta.classes), meta.dropout,
                             meta.concat_pool, head_hidden=meta.head_hidden,
                             cut_blocks=meta.cut_blocks)
-    load_model(model, str(find(path) / WEIGHTS), strict=True)
+    weights = find(path) / WEIGHTS
+    try:
+        load_model(model, str(weights), strict=True)
+    except Exception as e:  # SafetensorError (not a safetensors file), RuntimeError (shapes, keys)
+        lines = [ln.strip() for ln in str(e).splitlines()
+                 if ln.strip() and not ln.startswith("Error(s) in loading")]
+        why = lines[0] if lines else type(e).__name__
+        raise UsageError(f"{weights} does not match {META} ({meta.arch}, {len(meta.classes)} "
+                         f"classes): {why[:200]}; the model folder was changed or damaged after "
+                         "it was written; use the files fit wrote, or train again")
     return model.eval(), meta
 
 

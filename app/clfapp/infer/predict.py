@@ -38,15 +38,21 @@ def collect_paths(inputs: list[str]) -> list[str]:
 
 
 class _Images:
-    """Decodes one image per item; unreadable files give None and a warning."""
+    """Decodes one image per item; unreadable files give None and a warning. Images a fit
+    cached at this size (data/cache.py) are read from the cache instead, while unchanged."""
 
     def __init__(self, paths, size, resize):
+        from ..data import cache
         self.paths, self.size, self.resize = paths, size, resize
+        self.lookup = cache.Lookup(size, resize)
+        self.rows = self.lookup.locate(cache.stamps(paths)) if self.lookup else None
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
+        if self.rows is not None and self.rows[i] is not None:
+            return i, self.lookup.read(*self.rows[i])
         a = images.try_read(self.paths[i], self.size, self.resize)
         return i, a
 
@@ -138,22 +144,50 @@ class Predictor:
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         return np.concatenate([self.forward(x[i:i + bs], tta).numpy() for i in range(0, len(x), bs)])
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
-                      workers: int = 0, progress: bool = True):
-        """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning."""
+    def batches(self, paths: list[str], tta: bool = False, bs: int = INFER_BS, workers: int = 0):
+        """(indices into `paths`, probs) per batch, in order, decoding in `workers` processes
+        (0: in this one) ahead of the model: memory holds a few batches, whatever len(paths)."""
         import torch
-        from fastprogress.fastprogress import progress_bar
 
         loader = torch.utils.data.DataLoader(
             _Images(paths, self.meta.size, self.meta.resize), batch_size=bs,
             num_workers=workers, collate_fn=_collate)
-        out, kept = [], []
-        batches = progress_bar(loader) if progress and len(loader) > 3 else loader
-        for idx, x in batches:
+        for idx, x in loader:
             if len(idx):
-                out.append(self.forward(x, tta).numpy())
-                kept.append(idx.numpy())
+                yield idx.numpy(), self.forward(x, tta).numpy()
+
+    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
+                      workers: int = 0, progress: bool = True):
+        """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning."""
+        from fastprogress.fastprogress import progress_bar
+
+        n = -(-len(paths) // bs)
+        out, kept = [], []
+        found = self.batches(paths, tta, bs, workers)
+        for idx, p in (progress_bar(found, total=n) if progress and n > 3 else found):
+            out.append(p)
+            kept.append(idx)
         return gathered(out, kept, len(paths))
+
+
+def batches(predictor, paths: list[str], tta: bool = False, bs: int = INFER_BS, workers: int = 0,
+            chunk: int = 0):
+    """(indices into `paths`, probs) piece by piece, for any predictor: a Predictor streams its
+    batches; an ensemble or ONNX predictor gets `chunk` paths at a time (bounded memory)."""
+    if hasattr(predictor, "batches"):
+        yield from predictor.batches(paths, tta, bs, workers)
+        return
+    chunk = chunk or 16 * bs
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        try:
+            probs, kept = predictor.probabilities(part, tta=tta, bs=bs, workers=workers,
+                                                  progress=False)
+        except UsageError:
+            if start == 0 and len(paths) <= chunk:
+                raise
+            continue  # "none of the images could be read" in this chunk: they were named
+        yield np.asarray(kept) + start, probs
 
 
 def tta_default(predictor, asked: bool | None) -> bool:

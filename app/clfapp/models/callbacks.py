@@ -140,15 +140,24 @@ class StopOnNonFinite(Callback):
     def after_batch(self):
         if self.training and not torch.isfinite(self.learn.loss).all():
             self.reason = (f"the training loss became {float(self.learn.loss)} in epoch "
-                           f"{self.learn.epoch} (batch {self.learn.iter})")
+                           f"{self.learn.epoch} (batch {self.learn.iter}){self._hint()}")
             raise CancelFitException()
 
     def after_epoch(self):
         if not epoch_is_finite(self.recorder):
             names = self.recorder.metric_names[1:-1]
             bad = [n for n, v in zip(names, self.recorder.values[-1]) if not math.isfinite(float(v))]
-            self.reason = f"{', '.join(bad)} became non-finite in epoch {self.learn.epoch}"
+            self.reason = f"{', '.join(bad)} became non-finite in epoch {self.learn.epoch}{self._hint()}"
             raise CancelFitException()
+
+    def _hint(self) -> str:
+        """The learning rate in force (of the head's group) and what usually helps."""
+        try:
+            lr = float(self.learn.opt.hypers[-1]["lr"])
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return ""
+        return (f" at learning rate {lr:.3g}; try a lower --lr (or --lr auto), or "
+                "--set train.precision=fp32")
 
 
 class ChannelsLast(Callback):

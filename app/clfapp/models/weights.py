@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,12 @@ def read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or foreign file: say which, not a traceback
+        if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
+            # torch's weights_only unpickler met an object other than tensors: it ran nothing
+            raise UsageError(f"weights file {path} holds pickled Python objects, not only tensors; "
+                             "clfapp reads torch files with weights_only=True and never runs the "
+                             "code a pickle may carry; save the state_dict alone "
+                             "(torch.save(model.state_dict(), FILE)) or as .safetensors")
         raise UsageError(f"cannot read weights file {path}: {str(e).splitlines()[0]}")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -99,7 +99,7 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
     import fastai.callback.progress  # noqa: F401  (adds the progress bars to every Learner)
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle, fine_tune, lr_find)
     from fastai.learner import Learner
-    from fastai.torch_core import set_seed
+    from . import reproducible
 
     arch = models.resolve(cfg.model.arch, cfg.model.pretrained, cfg.model.cut_blocks)
     found = weights.resolve(arch.source, arch.name, cfg.model.weights) if cfg.model.pretrained else None
@@ -107,7 +107,7 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
         print(f"pretrained weights for {arch.name}: {found.source}")
     # Seeded after the weights are found: converting pip-shipped weights on a machine's first
     # run builds a timm model (random init), which would shift every draw after it.
-    set_seed(cfg.train.seed)
+    reproducible.seed(cfg.train)   # and train.deterministic's settings
     prepare_data_path(cfg)
     ds = data.load(cfg) if dataset is None else dataset
     if dataset is None:
@@ -237,7 +237,8 @@ def _check_vocab(learn, ds: data.Dataset) -> None:
                            f"dataset's {ds.classes[:6]}; refusing to save a permuted model")
 
 
-def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = None) -> FitResult:
+def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = None,
+        dataset: data.Dataset | None = None, checkpoints: bool = False, resume=None) -> FitResult:
     """Train per `cfg` into `folder`. Whatever ends training early (Ctrl-C, SIGTERM, an error,
     a NaN or inf loss) still leaves the best epoch so far saved as a bundle, with the run
     folder's metrics and report consistent with it, and the result says how it ended.
@@ -245,14 +246,18 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     `on_prepared(prep)`, when given, is called with the ready `Prepared` before training
     (and before `lr = auto`'s finder): the one extension point, e.g. distill.attach wraps
     the loss and adds its teacher callback there. `started`: perf_counter() when the command
-    began, from which train.budget counts (default: now)."""
+    began, from which train.budget counts (default: now). `dataset`: items already loaded,
+    split and decoded (tune.py's trials share one), as prepare takes it. `checkpoints`: write
+    RUN/checkpoint.safetensors after every epoch (`clfapp fit`; removed when the run finishes);
+    `resume`: a checkpoint.Resumed to continue from (`clfapp fit --resume`, checkpoint.py)."""
     from fastai.callback.tracker import EarlyStoppingCallback
 
     from ..models.callbacks import CPUBFloat16, KeepBest, ResultsCSV, StopOnNonFinite, WeightEMA
 
-    t0 = time.perf_counter()
-    (folder / "config.toml").write_text(config.dumps(cfg))
-    prep = prepare(cfg, folder)
+    t0 = time.perf_counter() - (resume.seconds if resume is not None else 0.0)
+    if resume is None:   # a resumed run keeps the config.toml it started with (its finder's LR)
+        (folder / "config.toml").write_text(config.dumps(cfg))
+    prep = prepare(cfg, folder, resume.dataset if resume is not None else dataset)
     _check_vocab(prep.learn, prep.dataset)
     if on_prepared is not None:
         on_prepared(prep)
@@ -271,7 +276,11 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     if t.early_stop:
         cbs.append(EarlyStoppingCallback(monitor=monitor, patience=t.early_stop, reset_on_fit=False))
     plan = None
-    if t.budget:  # epochs planned from the measured speed to end within it (budget.py)
+    if t.budget and resume is not None:  # planned when the run started; counts on from there
+        from .checkpoint import restore_plan
+        plan = restore_plan(resume.header["budget"], t0 if started is None else started)
+        cbs.append(plan.guard)
+    elif t.budget:  # epochs planned from the measured speed to end within it (budget.py)
         from . import budget
         ds = prep.dataset
         plan = budget.plan(learn, t, lr, bool(prep.weights_source), t0 if started is None else started,
@@ -281,20 +290,31 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
             cfg = replace(cfg, train=replace(cfg.train, **plan.changes))
             (folder / "config.toml").write_text(config.dumps(cfg))
         cbs.append(plan.guard)
+    saver = None
+    if checkpoints:  # after every epoch, for `fit --resume` (checkpoint.py)
+        from .checkpoint import Checkpoints
+        saver = Checkpoints(folder, cfg, prep.dataset, cbs, t0, plan, resume)
+        cbs.append(saver)
+    done = saver.before_run(learn) if saver is not None else 0  # resumed: its state put back
     stop = Stop()
     try:
         with _sigterm_as_interrupt():
             # the frozen phase, then train.schedule under train.freeze (schedules.py); the
             # defaults are fine_tune for pretrained models, fit_one_cycle from scratch
-            schedules.run(learn, t, lr, bool(prep.weights_source), cbs, plateau_monitor=(
-                monitor if t.plateau_monitor == "auto"
-                else monitor_name(t.plateau_monitor, prep.dataset.multi_label)))
+            if resume is None or not resume.training_done:
+                schedules.run(learn, t, lr, bool(prep.weights_source), cbs, plateau_monitor=(
+                    monitor if t.plateau_monitor == "auto"
+                    else monitor_name(t.plateau_monitor, prep.dataset.multi_label)), done=done)
+                if saver is not None:
+                    saver.training_ended()
     except Terminated:
         stop = Stop("terminated", "terminated (SIGTERM)")
     except KeyboardInterrupt:
         stop = Stop("interrupted", "interrupted (Ctrl-C)")
     except Exception as e:  # noqa: BLE001 (saved below, then raised again)
         stop = Stop("failed", f"failed: {type(e).__name__}: {e}", e)
+    if saver is not None:
+        saver.release()   # however training ended, another process may resume it from now on
     if nan_guard.reason and not stop.how:
         stop = Stop("diverged", f"stopped: {nan_guard.reason}")
     if stop.how:
@@ -310,6 +330,8 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         raise RuntimeError("training finished no epoch")
     keep.restore(learn.model)
     result = _finish(cfg, prep, folder, keep, lr, t0, stop.how, plan)
+    if saver is not None and stop.how in ("", "diverged"):
+        saver.remove()   # the run has ended: nothing is left to resume
     if stop.how:
         print(f"the best epoch so far ({keep.best_epoch}) is saved in {folder / 'model'}", flush=True)
     if stop.error is not None:
@@ -353,6 +375,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
                   f"mirror)" if cfg.aug.tta and meta.tta_flips else "") + ".")
     run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
                     interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
+    from .reproducible import record
+    run_info["reproducibility"] = record(cfg)   # seeds, deterministic, threads, versions
     if prep.class_weights:
         run_info["class_weights"] = prep.class_weights
     if ds.multi_label:

@@ -151,6 +151,7 @@ def load_teacher(folder) -> Teacher:
     """A teacher from a run folder (model/ bundle) or an ensemble folder (ensemble.json);
     anything else is a usage error."""
     folder = Path(folder)
+    bundle.refuse_pickle(folder, "teacher ")
     if not folder.is_dir():
         raise UsageError(f"teacher {folder} is not a folder; give a run folder (runs/NAME) or "
                          "an ensemble folder")

@@ -20,6 +20,7 @@ Names must match config.CHOICES (config.py cannot import this module: it would p
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -149,8 +150,11 @@ def sgdr(p: Phase) -> None:
         learn.create_opt()
     learn.opt.set_hyper("lr", p.lr)
     lr_max = np.array([h["lr"] for h in learn.opt.hypers])
-    scheds = {"lr": combine_scheds([length / total for length in lengths],
-                                   [SchedCos(lr_max, 0) for _ in range(n)])}
+    # the last share is what the others leave: fastai asserts they sum to exactly 1.0, which
+    # seven shares of 1/7 do not (0.9999999999999998)
+    pcts = [length / total for length in lengths[:-1]]
+    pcts.append(1 - sum(pcts))
+    scheds = {"lr": combine_scheds(pcts, [SchedCos(lr_max, 0) for _ in range(n)])}
     learn.fit(total, cbs=[ParamScheduler(scheds)] + p.cbs)
 
 
@@ -204,23 +208,72 @@ def last_fraction(learn, lr: float, t, after_frozen: bool):
 
 # ---- the whole fit ---------------------------------------------------------------------------
 
-def run(learn, t, lr: float, pretrained: bool, cbs: list, plateau_monitor: str = "valid_loss") -> None:
+def phases(t, pretrained: bool) -> list[int]:
+    """The epochs of each fit call `run` makes: [frozen, main] for a pretrained model with
+    freeze_epochs, else [main] (sgdr: its cycles' total)."""
+    main = t.epochs + (0 if pretrained else t.freeze_epochs)
+    if t.schedule == "sgdr" and main:
+        main = sgdr_epochs(sgdr_cycles(t, main), t.sgdr_cycle_len, t.sgdr_mult)
+    if pretrained and t.freeze_epochs:
+        return [t.freeze_epochs] + ([main] if main else [])
+    return [main]
+
+
+@contextmanager
+def starting_at(learn, epoch: int):
+    """The next fit call of `learn` runs its epochs from `epoch` on (0 = all of them), as if
+    the earlier ones had run: fastai's pct_train, which every schedule reads, is set from the
+    epoch number at each epoch's start (TrainEvalCallback.before_train), so a one-cycle or
+    cosine schedule continues at the same position.
+
+    Not fastai's own `fit(start_epoch=)`: its SkipToEpoch cancels the skipped epochs in
+    before_epoch, and fastai still calls every after_epoch for them (an empty Recorder row:
+    results.csv, KeepBest and early stopping would see epochs that never ran; fastai issue
+    #3780), and fit_flat_cos drops start_epoch. Here the epoch loop itself starts later."""
+    if not epoch:
+        yield
+        return
+    from fastai.callback.core import CancelEpochException
+
+    def do_fit():   # fastai's Learner._do_fit, from `epoch`
+        mbar = getattr(getattr(learn, "progress", None), "mbar", None)
+        if mbar is not None:
+            mbar.update(0)   # fastprogress's bar must see 0 before a later epoch number
+        for e in range(epoch, learn.n_epoch):
+            learn.epoch = e
+            learn._with_events(learn._do_epoch, "epoch", CancelEpochException)
+    learn._do_fit = do_fit
+    try:
+        yield
+    finally:
+        del learn._do_fit
+
+
+def run(learn, t, lr: float, pretrained: bool, cbs: list, plateau_monitor: str = "valid_loss",
+        done: int = 0) -> None:
     """Train `learn` per `t` (TrainConfig): the frozen phase for pretrained models, then the
     main phase with `t.schedule` under `t.freeze`. `plateau_monitor`: the fastai metric name
-    `train.plateau_monitor` stands for."""
+    `train.plateau_monitor` stands for. `done`: epochs (counted across both phases) a resumed
+    run has already trained (train/checkpoint.py restores their state): those are skipped, a
+    phase that ended is not run again, the phase they stopped in continues from there."""
     sched, policy = SCHEDULES[t.schedule], FREEZES[t.freeze]
     if not pretrained:
         if t.freeze != "frozen_then_full":
             raise UsageError(f"train.freeze = {t.freeze!r} needs a pretrained body; "
                              "this model trains from scratch")
         learn.unfreeze()
-        sched(Phase(learn, t.epochs + t.freeze_epochs, lr, t, cbs, False, plateau_monitor))
+        with starting_at(learn, done):
+            sched(Phase(learn, t.epochs + t.freeze_epochs, lr, t, cbs, False, plateau_monitor))
         return
     after_frozen = t.freeze_epochs > 0
     if after_frozen:
-        learn.freeze()
-        learn.fit_one_cycle(t.freeze_epochs, slice(lr), pct_start=0.99, moms=parse_moms(t.moms), cbs=cbs)
+        if done < t.freeze_epochs:
+            learn.freeze()
+            with starting_at(learn, done):
+                learn.fit_one_cycle(t.freeze_epochs, slice(lr), pct_start=0.99,
+                                    moms=parse_moms(t.moms), cbs=cbs)
         lr = lr / 2
     if t.epochs:
         group_lr = policy(learn, lr, t, after_frozen)
-        sched(Phase(learn, t.epochs, group_lr, t, cbs, after_frozen, plateau_monitor))
+        with starting_at(learn, max(0, done - t.freeze_epochs)):
+            sched(Phase(learn, t.epochs, group_lr, t, cbs, after_frozen, plateau_monitor))
