@@ -197,3 +197,31 @@ def test_budget_too_small_for_one_epoch_is_refused(cli, work):
     result = cli("fit", "tiny.toml", "--budget", "1s", "--name", "small")
     assert_usage_error(result, "budget 1s is too small", "give at least")
     assert not Path("runs/small").exists()
+
+
+def test_the_probe_is_skipped_by_callbacks_that_skip_the_lr_finder(work):
+    """Progressive resizing must not shrink the timed batches (the plan would read the speed
+    of small images as the full size's, then scale it down again) nor count the probe's fits
+    as training phases: it tells the probe apart by the learner's `lr_finder` attribute."""
+    from fastai.callback.core import Callback
+
+    from clfapp import train
+    from clfapp.train.progressive import ProgressiveResize
+
+    write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 2, "progressive": 0.5})
+    cfg = config.load(work / "tiny.toml")
+    (work / "run").mkdir()
+    learn = train.prepare(cfg, work / "run").learn
+
+    class Sizes(Callback):
+        order = 50   # after ProgressiveResize (5)
+        seen: list = []
+
+        def before_batch(self):
+            if self.training:
+                self.seen.append((self.learn.xb[0].shape[-1], hasattr(self.learn, "lr_finder")))
+    learn.add_cb(Sizes())
+    budget.measure(learn, cfg.train, 1e-2, pretrained=False)
+    assert Sizes.seen and all(size == 32 and named for size, named in Sizes.seen), Sizes.seen
+    resize = next(cb for cb in learn.cbs if isinstance(cb, ProgressiveResize))
+    assert resize.calls == 0   # the fit's first real call is still the first phase

@@ -201,10 +201,16 @@ def _probe_callback(n_train: int, n_valid: int, valid: bool):
 
     class BudgetProbe(Callback):
         """Time the first training (and validation) batches of a fit, then end it."""
-        # Named like fastai's LR finder: callbacks that keep per-epoch records (progress bars,
-        # a distillation teacher's timings) skip this probe as they skip the finder.
-        _name = "lr_finder"
         order = 100   # after_batch last: the batch is complete when it is stamped
+
+        @property
+        def name(self) -> str:
+            """Named like fastai's LR finder, so the learner has `lr_finder` while the probe
+            runs: callbacks that skip the finder skip the probe too (progressive resizing
+            trains full-size batches and does not count the probe as a phase; a distillation
+            teacher, progress bars). fastai takes a callback's name from this property only
+            (a `_name` attribute is ignored), so it is overridden here."""
+            return "lr_finder"
 
         def before_train(self):
             self.t_train = [time.perf_counter()]
