@@ -58,7 +58,7 @@ def test_out_of_range_is_refused(cli, tmp_path, monkeypatch, tiny_data):
 def test_cost_fraction_the_budget_scales_its_full_size_timing_by():
     from clfapp.train.progressive import cost_fraction
     assert cost_fraction(128, 1.0, frozen_phase=False) == 1.0
-    assert cost_fraction(128, 0.75, frozen_phase=True) == pytest.approx((96 / 128) ** 2)
     main = cost_fraction(128, 0.75, frozen_phase=False)
+    assert cost_fraction(128, 0.75, frozen_phase=True) == main   # both phases ramp
     assert (96 / 128) ** 2 < main < 1.0
     assert cost_fraction(128, 0.5, frozen_phase=False) < main
