@@ -35,17 +35,17 @@ def test_a_fit_trains_small_batches_first_and_validates_at_full_size(cli, tmp_pa
 
     def spy(self):
         real(self)
-        seen.append((self.training, self.main_phase, self.learn.xb[0].shape[-1]))
+        seen.append((self.training, self.learn.xb[0].shape[-1]))
     monkeypatch.setattr(prog.ProgressiveResize, "before_batch", spy)
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path / "r.toml", tiny_data,
                           data={"size": 64}, train={"epochs": 2, "progressive": 0.5, "bs": 4})
     result = cli("fit", str(recipe), "--name", "p")
     assert result.exit_code == 0, result.output
-    train_sizes = [s for training, _, s in seen if training]
+    train_sizes = [s for training, s in seen if training]
     assert train_sizes[0] == 32 and train_sizes[-1] == 64
     assert train_sizes == sorted(train_sizes)
-    assert {s for training, _, s in seen if not training} == {64}
+    assert {s for training, s in seen if not training} == {64}
 
 
 def test_out_of_range_is_refused(cli, tmp_path, monkeypatch, tiny_data):
@@ -57,8 +57,7 @@ def test_out_of_range_is_refused(cli, tmp_path, monkeypatch, tiny_data):
 
 def test_cost_fraction_the_budget_scales_its_full_size_timing_by():
     from clfapp.train.progressive import cost_fraction
-    assert cost_fraction(128, 1.0, frozen_phase=False) == 1.0
-    main = cost_fraction(128, 0.75, frozen_phase=False)
-    assert cost_fraction(128, 0.75, frozen_phase=True) == main   # both phases ramp
+    assert cost_fraction(128, 1.0) == 1.0
+    main = cost_fraction(128, 0.75)
     assert (96 / 128) ** 2 < main < 1.0
-    assert cost_fraction(128, 0.5, frozen_phase=False) < main
+    assert cost_fraction(128, 0.5) < main

@@ -132,7 +132,7 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
                     metrics=_metrics(ds.multi_label), wd=cfg.train.wd, path=folder,
                     cbs=_precision_callbacks(cfg.train.precision, cfg.train.channels_last)
                     + _mixing_callbacks(cfg.aug)
-                    + _resize_callbacks(cfg, pretrained=found is not None))
+                    + _resize_callbacks(cfg))
     if found:
         learn.freeze()
     return Prepared(learn, ds, arch, found.source if found else "", class_weights)
@@ -157,13 +157,12 @@ def label_frequencies(ds: data.Dataset):
     return freqs(ds.targets(idx), ds.items["split"].to_numpy()[idx], ds.classes)
 
 
-def _resize_callbacks(cfg: Config, pretrained: bool) -> list:
+def _resize_callbacks(cfg: Config) -> list:
     """train.progressive below 1: smaller training batches first (train/progressive.py)."""
     if cfg.train.progressive >= 1:
         return []
     from .progressive import ProgressiveResize
-    frozen_calls = 1 if pretrained and cfg.train.freeze_epochs > 0 else 0
-    return [ProgressiveResize(cfg.data.size, cfg.train.progressive, frozen_calls)]
+    return [ProgressiveResize(cfg.data.size, cfg.train.progressive)]
 
 
 def _precision_callbacks(precision: str, channels_last: bool = True) -> list:

@@ -299,9 +299,10 @@ def measure(learn, t, lr: float, pretrained: bool) -> Speeds:
     resize = _progressive(learn)   # timed at full size; the phases train smaller batches
     if resize is not None:
         from .progressive import cost_fraction
-        train_s *= cost_fraction(resize.full, resize.start_fraction, frozen_phase=False)
+        smaller = cost_fraction(resize.full, resize.start_fraction)
+        train_s *= smaller
         if frozen_s is not None:
-            frozen_s *= cost_fraction(resize.full, resize.start_fraction, frozen_phase=True)
+            frozen_s *= smaller
     return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra)
 
 

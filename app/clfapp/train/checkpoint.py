@@ -182,15 +182,12 @@ _SAVE = {
     "KeepBest": _keep_best,
     "ResultsCSV": lambda cb, t: {"epoch_total": cb.epoch_total, "step_total": cb.step_total},
     "_BudgetGuard": lambda cb, t: {"done": cb.done, "stopped_after": cb.stopped_after},
-    "ProgressiveResize": lambda cb, t: {"calls": cb.calls},
     "WeightEMA": _ema,
 }
 _RESTORE = {
     "KeepBest": ("before", _restore_keep_best),
     "ResultsCSV": ("before", lambda cb, s, t, mid: _set(cb, s)),
     "_BudgetGuard": ("before", lambda cb, s, t, mid: _set(cb, s)),
-    # fit calls started before the one resumed: the one in progress is started again
-    "ProgressiveResize": ("before", lambda cb, s, t, mid: setattr(cb, "calls", s["calls"] - mid)),
     "WeightEMA": ("epoch", _restore_ema),   # its average is made in before_fit
 }
 

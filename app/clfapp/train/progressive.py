@@ -28,11 +28,10 @@ def size_at(full: int, start_fraction: float, progress: float) -> int:
     return full if ramp >= 1 else min(full, max(STEP, int(size) // STEP * STEP))
 
 
-def cost_fraction(full: int, start_fraction: float, frozen_phase: bool) -> float:
+def cost_fraction(full: int, start_fraction: float) -> float:
     """A phase's training compute relative to full size, taken as proportional to the pixel
     count and averaged over the phase's ramp (what the budget planner scales its full-size
-    measurement by). Both phases ramp (see ProgressiveResize); `frozen_phase` is kept for the
-    callers that name the phase."""
+    measurement by); the frozen and the main phase ramp alike (see ProgressiveResize)."""
     def pixels(progress: float) -> float:
         return (size_at(full, start_fraction, progress) / full) ** 2
     return sum(pixels((i + 0.5) / 100) for i in range(100)) / 100
@@ -45,19 +44,13 @@ class ProgressiveResize(Callback):
     (the first call of a pretrained fit) as well as the main phase. A frozen phase held at the
     start size throughout ended plant seedlings' recipe 2-3 points lower (best epoch 0.856 without
     and 0.840 with train.ema, against 0.873 and 0.872 with the ramp; one run each): the head
-    fitted to small images' features is a worse start. `main_phase` (which call is the main one, from
-    `frozen_phase_calls`) is kept for checkpoints and tests.
+    fitted to small images' features is a worse start. So the callback needs no state: which
+    phase runs, and a resumed run's position, are fastai's `pct_train`.
     """
     order = 5   # before ChannelsLast (10), which converts whatever size comes out of here
 
-    def __init__(self, full: int, start_fraction: float, frozen_phase_calls: int):
-        self.full, self.start_fraction, self.calls_before_main = full, start_fraction, frozen_phase_calls
-        self.calls = 0
-
-    def before_fit(self):
-        self.main_phase = self.calls >= self.calls_before_main
-        if not hasattr(self.learn, "lr_finder") and not hasattr(self.learn, "gather_preds"):
-            self.calls += 1
+    def __init__(self, full: int, start_fraction: float):
+        self.full, self.start_fraction = full, start_fraction
 
     def before_batch(self):
         # the LR finder and the budget's timing probe (named like it) see full-size batches
