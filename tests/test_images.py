@@ -97,3 +97,36 @@ def test_read_many_drops_unreadable_rows_in_order(tmp_path):
 def test_read_many_tiny_inputs(tmp_path, n):
     pixels, kept = images.read_many(_images(tmp_path, n), 8, "crop", progress=False)
     assert pixels.shape == (n, 8, 8, 3) and kept == list(range(n))
+
+
+def _full_decode(path, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(images.to_rgb(img).resize((size, size), images.RESIZE_FILTER))
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_the_same_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    # a smooth 1600 px photo-like image: low-frequency colour fields plus a little noise
+    base = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    big = Image.fromarray(base).resize((1600, 1200), Image.Resampling.BICUBIC)
+    noisy = np.clip(np.asarray(big, dtype=np.int16) + rng.integers(-8, 9, (1200, 1600, 3)), 0, 255)
+    Image.fromarray(noisy.astype(np.uint8)).save(tmp_path / "big.jpg", quality=90)
+    Image.fromarray(noisy[:150, :150].astype(np.uint8)).save(tmp_path / "small.jpg", quality=90)
+
+    decoded_sizes = []
+    real_load = Image.Image.load
+
+    def spying_load(img):
+        decoded_sizes.append(img.size)
+        return real_load(img)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image.Image, "load", spying_load)
+        got = images.read_image(tmp_path / "big.jpg", 64)
+    # libjpeg scaled by 1/8 (200 x 150): still at least twice 64 px on both sides
+    assert decoded_sizes[0] == (200, 150)
+    assert np.abs(got.astype(int) - _full_decode(tmp_path / "big.jpg", 64)).mean() < 1.5
+    # an image smaller than twice the target is decoded whole: the same pixels as before
+    assert np.array_equal(images.read_image(tmp_path / "small.jpg", 128),
+                          _full_decode(tmp_path / "small.jpg", 128))

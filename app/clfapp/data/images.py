@@ -52,6 +52,10 @@ def read_image(path: str | Path, size: int, resize: str = "squish") -> np.ndarra
     in the main thread, where the CLI starts a command (cli/common.py `command`).
     """
     with Image.open(path) as img:
+        # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay at least
+        # twice the target (PIL's thumbnail() margin, so the bicubic below still has detail to
+        # average). A 3000 px photo at 224 px decodes ~10x faster; small images are unchanged.
+        img.draft("RGB", (2 * size, 2 * size))
         img.load()
         img = to_rgb(ImageOps.exif_transpose(img))
     target = (size, size)
