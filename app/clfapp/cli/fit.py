@@ -10,8 +10,8 @@ from . import common
 
 
 @common.command
-def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: common.Arch = None,
-        size: common.Size = None, epochs: common.Epochs = None, bs: common.Bs = None,
+def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Data = None,
+        arch: common.Arch = None, size: common.Size = None, epochs: common.Epochs = None, bs: common.Bs = None,
         lr: common.Lr = None, seed: common.Seed = None, name: common.Name = None,
         weights: common.Weights = None, pretrained: common.Pretrained = None,
         split_seed: common.SplitSeed = None, splits_from: common.SplitsFrom = None,
@@ -25,7 +25,13 @@ def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: comm
         resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN", help=(
             "Continue RUN (a folder, or its name under runs/) from its last finished epoch, "
             "to the same end and files as a run never stopped; refused if its config or data "
-            "changed. Takes no recipe or other option."), show_default=False)] = None):
+            "changed. Takes no recipe or other option."), show_default=False)] = None,
+        processes: Annotated[Optional[int], typer.Option("--processes", metavar="N", help=(
+            "Train data-parallel in N processes on this machine (gloo on CPUs, one GPU each "
+            "on CUDA), each on train.bs // N images a step so the global batch stays train.bs; "
+            "only the first writes the run folder. `accelerate launch --multi_gpu "
+            "--num_processes N -m clfapp fit ...` does the same under accelerate's launcher. "
+            "Not with --budget, --full or --resume."), show_default=False)] = None):
     """Train a classifier from RECIPE (with overrides) into a new run folder runs/RECIPE-N.
 
     `clfapp fit photos/` (a folder of labelled images, or a .csv of fname,label[s]) trains the
@@ -43,17 +49,26 @@ def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: comm
     started = time.perf_counter()  # --budget counts from here: loading torch and the data spend it
     from ..report import runs
     from .. import train
+    from ..train import distributed
 
+    if processes is not None and processes < 1:
+        raise common.UsageError(f"--processes must be 1 or more (got {processes})")
+    if processes and processes > 1 and distributed.active():
+        raise common.UsageError(f"this is already one of {distributed.world_size()} processes "
+                                f"started by a launcher; drop --processes")
     if resume is not None:
         given = [flag for flag, v in (("RECIPE", recipe), ("--data", data), ("--arch", arch),
                  ("--size", size), ("--epochs", epochs), ("--bs", bs), ("--lr", lr), ("--seed", seed),
                  ("--name", name), ("--weights", weights), ("--pretrained", pretrained),
                  ("--split-seed", split_seed), ("--splits-from", splits_from), ("--set", set_),
-                 ("--budget", budget), ("--full", full), ("--deterministic", deterministic))
+                 ("--budget", budget), ("--full", full), ("--deterministic", deterministic),
+                 ("--processes", processes))
                  if v not in (None, False, [])]
         if given:
             raise common.UsageError(f"--resume continues {resume} with the config it started with; "
                                     f"drop {', '.join(given)}")
+        if distributed.active():
+            distributed.check(None, distributed.world_size(), resume=True)
         return _resume(runs.existing(resume), started)
     if deterministic:
         set_ = [*(set_ or []), "train.deterministic=true"]
@@ -68,21 +83,56 @@ def fit(recipe: common.RecipeOrData = None, data: common.Data = None, arch: comm
     if full and cfg.train.budget:
         raise common.UsageError("--budget (train.budget) does not work with --full yet: the "
                                 "retraining on train+valid would run past it; drop one of them")
-    folder = runs.new_folder(runs.RUNS_DIR, cfg.recipe, name)
+    n = processes or distributed.world_size()
+    if n > 1:  # what several processes cannot do: said here, before any of them starts
+        distributed.check(cfg, n, full=full)
+    if processes and processes > 1:  # this command line again, as ranks 0..N-1 (distributed.py)
+        code = distributed.launch(processes, _command_line_without(ctx, "processes"))
+        if code:
+            raise typer.Exit(code)
+        return
+    distributed.init()   # under accelerate launch / torchrun / --processes: join the others
+    # rank 0 claims runs/NAME-N, the others train into a private scratch folder
+    folder = distributed.run_folder(lambda: runs.new_folder(runs.RUNS_DIR, cfg.recipe, name))
     common.echo(f"run folder: {folder}")
     try:
         if full:
             from ..train import full as full_fit
             result = full_fit.fit_full(cfg, folder)
         else:
-            result = train.fit(cfg, folder, started=started, checkpoints=True)
+            result = train.fit(cfg, folder, started=started, checkpoints=not distributed.active())
     except (common.UsageError, OSError) as e:
         if isinstance(e, OSError) and common.storage_error(e) is None:
             raise
         if not (folder / "model").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
         raise
+    finally:
+        distributed.cleanup(folder)   # ranks > 0: their scratch folder
+    if not distributed.is_main():     # rank 0 reports; here only how training ended
+        if result.stopped:
+            raise typer.Exit(EXIT_CODES[result.stopped])
+        return
     _report(result, folder)
+
+
+def _command_line_without(ctx: typer.Context, drop: str) -> list[str]:
+    """This fit's arguments as click parsed them, without the option named `drop` (what
+    `--processes` hands each process)."""
+    args, opts = [], []
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if p.name == drop or v is None or v in ((), []):
+            continue
+        if p.param_type_name == "argument":
+            args.append(str(v))
+        elif p.is_flag:
+            if v or p.secondary_opts:
+                opts.append(p.opts[0] if v else p.secondary_opts[0])
+        else:
+            for x in (v if p.multiple else [v]):
+                opts += [p.opts[0], str(x)]
+    return args + opts
 
 
 def _resume(folder, started: float) -> None:

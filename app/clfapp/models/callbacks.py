@@ -20,6 +20,23 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TrackerCallback
 
 
+def unwrapped(model):
+    """The model itself, also while a multi-process fit has it wrapped in DistributedDataParallel
+    (whose state_dict keys get a "module." prefix and which timm's EMA must not copy)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def on_any_rank(flag: bool, device=None) -> bool:
+    """`flag` of this process, or of any process of a multi-process fit: a stop that one rank
+    takes alone leaves the others waiting for it in DDP's next gradient exchange."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 class ResultsCSV(Callback):
     """One row per epoch in `results.csv`, flushed at once so an interrupted run keeps its rows.
 
@@ -113,7 +130,7 @@ class KeepBest(TrackerCallback):
             return
         super().after_epoch()
         if self.new_best:
-            self.state = copy.deepcopy(self.learn.model.state_dict())
+            self.state = copy.deepcopy(unwrapped(self.learn.model).state_dict())
             self.best_epoch = self.seen
         self.seen += 1
 
@@ -138,7 +155,7 @@ class StopOnNonFinite(Callback):
         self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
 
     def after_batch(self):
-        if self.training and not torch.isfinite(self.learn.loss).all():
+        if self.training and on_any_rank(not torch.isfinite(self.learn.loss).all(), self.learn.loss.device):
             self.reason = (f"the training loss became {float(self.learn.loss)} in epoch "
                            f"{self.learn.epoch} (batch {self.learn.iter}){self._hint()}")
             raise CancelFitException()
@@ -257,16 +274,16 @@ class WeightEMA(Callback):
         self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
         if self.run and self.ema is None:
             from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.learn.model, decay=self.decay, use_warmup=True)
+            self.ema = ModelEmaV3(unwrapped(self.learn.model), decay=self.decay, use_warmup=True)
 
     def after_batch(self):
         if self.training:
             self.step += 1
-            self.ema.update(self.learn.model, step=self.step)
+            self.ema.update(unwrapped(self.learn.model), step=self.step)
 
     def before_validate(self):
-        self.saved = copy.deepcopy(self.learn.model.state_dict())
-        self.learn.model.load_state_dict(self.ema.module.state_dict())
+        self.saved = copy.deepcopy(unwrapped(self.learn.model).state_dict())
+        unwrapped(self.learn.model).load_state_dict(self.ema.module.state_dict())
 
     def after_epoch(self):
         self._swap_back()
@@ -276,5 +293,5 @@ class WeightEMA(Callback):
 
     def _swap_back(self):
         if self.saved is not None:
-            self.learn.model.load_state_dict(self.saved)
+            unwrapped(self.learn.model).load_state_dict(self.saved)
             self.saved = None

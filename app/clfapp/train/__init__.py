@@ -19,7 +19,7 @@ from .. import config, data, models, report
 
 from ..models import losses, optim, weights
 
-from . import schedules
+from . import distributed, schedules
 
 from ..data import samples
 from ..config import Config
@@ -102,14 +102,16 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
     from . import reproducible
 
     arch = models.resolve(cfg.model.arch, cfg.model.pretrained, cfg.model.cut_blocks)
-    found = weights.resolve(arch.source, arch.name, cfg.model.weights) if cfg.model.pretrained else None
+    # several processes: rank 0 converts/caches weights and loads the data (image cache,
+    # embedded samples) first, the others then find them made (train/distributed.py)
+    found = distributed.rank0_first(lambda: weights.resolve(arch.source, arch.name, cfg.model.weights)
+                                    if cfg.model.pretrained else None)
     if found:
         print(f"pretrained weights for {arch.name}: {found.source}")
     # Seeded after the weights are found: converting pip-shipped weights on a machine's first
     # run builds a timm model (random init), which would shift every draw after it.
     reproducible.seed(cfg.train)   # and train.deterministic's settings
-    prepare_data_path(cfg)
-    ds = data.load(cfg) if dataset is None else dataset
+    ds = distributed.rank0_first(lambda: (prepare_data_path(cfg), data.load(cfg))[1]) if dataset is None else dataset
     if dataset is None:
         ds.items.to_csv(folder / "splits.csv", index=False)
     counts = ds.items["split"].value_counts()
@@ -256,18 +258,23 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     t0 = time.perf_counter() - (resume.seconds if resume is not None else 0.0)
     if resume is None:   # a resumed run keeps the config.toml it started with (its finder's LR)
         (folder / "config.toml").write_text(config.dumps(cfg))
-    prep = prepare(cfg, folder, resume.dataset if resume is not None else dataset)
+    if distributed.active():   # each process takes bs // N: the global batch stays train.bs
+        prep = prepare(distributed.per_process(cfg), folder, dataset)
+        print(distributed.describe(cfg), flush=True)
+    else:
+        prep = prepare(cfg, folder, resume.dataset if resume is not None else dataset)
     _check_vocab(prep.learn, prep.dataset)
     if on_prepared is not None:
         on_prepared(prep)
     learn, t = prep.learn, cfg.train
     lr = t.lr
     if lr == "auto":
-        lr = find_lr(learn, folder)["valley"]
+        lr = distributed.from_rank0(lambda: find_lr(learn, folder)["valley"])  # rank 0 alone
         print(f"LR finder: valley at {lr:.2e}; training with it")
         cfg = replace(cfg, train=replace(t, lr=lr))
         (folder / "config.toml").write_text(config.dumps(cfg))
     monitor = monitor_name(t.monitor, prep.dataset.multi_label)
+    distributed.attach(learn)   # several processes: every fit from here is data-parallel
     keep, nan_guard = KeepBest(monitor), StopOnNonFinite()
     cbs = [ResultsCSV(folder / "results.csv", tensorboard=t.tensorboard), keep, nan_guard]
     if t.ema:  # validated, kept and saved: the weights' moving average
@@ -314,6 +321,7 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         stop = Stop("failed", f"failed: {type(e).__name__}: {e}", e)
     if saver is not None:
         saver.release()   # however training ended, another process may resume it from now on
+    distributed.detach(learn)   # the plain model again, also after an exception
     if nan_guard.reason and not stop.how:
         stop = Stop("diverged", f"stopped: {nan_guard.reason}")
     if stop.how:
@@ -327,6 +335,10 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
             print("no epoch had finished: nothing to save", flush=True)
             return FitResult(folder, {}, None, time.perf_counter() - t0, stop.how, lr)
         raise RuntimeError("training finished no epoch")
+    if not distributed.is_main():   # rank 0 saves and reports; this rank's folder is scratch
+        if stop.error is not None:
+            raise stop.error
+        return FitResult(folder, {}, keep.best_epoch, time.perf_counter() - t0, stop.how, lr)
     keep.restore(learn.model)
     result = _finish(cfg, prep, folder, keep, lr, t0, stop.how, plan)
     if saver is not None and stop.how in ("", "diverged"):
