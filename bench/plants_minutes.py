@@ -1,7 +1,8 @@
 """Validation accuracy against wall minutes on plant seedlings, for the settings tried.
 
     python bench/plants_minutes.py --train [--only NAME]    # train each setting below, then plot
-    python bench/plants_minutes.py runs/A runs/B ...        # plot finished runs
+    python bench/plants_minutes.py runs/A "label=runs/B" ... # plot finished runs (label: the legend's)
+    python bench/plants_minutes.py --keep "label=runs/C"     # add curves to those already in the CSV
 
 Each curve point is an epoch: x = minutes since the command started (everything before the
 first epoch counted up front: imports, decoding, the model build), y = validation accuracy of
@@ -33,21 +34,25 @@ SETTINGS = {
 }
 
 
-def curve(run: Path) -> pd.DataFrame:
-    """Per-epoch (minutes, accuracy) of a finished run, and its final point."""
+def curve(arg: str) -> pd.DataFrame:
+    """Per-epoch (minutes, accuracy) of a finished run ("LABEL=RUN" or RUN), and its final point."""
+    label, _, path = arg.rpartition("=")
+    run = Path(path)
+    label = label or run.name
     df = pd.read_csv(run / "results.csv")
     m = json.loads((run / "metrics.json").read_text())
     wall = m.get("wall_seconds", m["seconds"])
     start = max(0.0, m["seconds"] - df["seconds"].sum())   # before, between and after the epochs
     ends = start + df["seconds"].cumsum()
-    pts = pd.DataFrame({"run": run.name, "minutes": ends / 60, "accuracy": df["accuracy"], "final": False})
-    final = pd.DataFrame({"run": [run.name], "minutes": [wall / 60], "accuracy": [m["accuracy"]], "final": [True]})
+    pts = pd.DataFrame({"run": label, "minutes": ends / 60, "accuracy": df["accuracy"], "final": False})
+    final = pd.DataFrame({"run": [label], "minutes": [wall / 60], "accuracy": [m["accuracy"]], "final": [True]})
     return pd.concat([pts, final], ignore_index=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("runs", nargs="*", help="run folders, or LABEL=RUN")
+    ap.add_argument("--keep", action="store_true", help="keep the curves already in plants_minutes.csv")
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--only")
     args = ap.parse_args()
@@ -66,10 +71,11 @@ def main() -> None:
             m["wall_seconds"] = round(seconds, 1)     # the command's own wall time, process start to end
             m_path.write_text(json.dumps(m, indent=1))
             print(f"{name}: accuracy {m['accuracy']:.4f} in {seconds:.0f} s", flush=True)
-            runs.append(Path("runs") / folder)
+            runs.append(f"{name}=runs/{folder}")
     if not runs:
         sys.exit("give run folders, or --train")
-    table = pd.concat([curve(r) for r in runs], ignore_index=True)
+    kept = [pd.read_csv(HERE / "plants_minutes.csv")] if args.keep else []
+    table = pd.concat(kept + [curve(r) for r in runs], ignore_index=True)
     table.to_csv(HERE / "plants_minutes.csv", index=False)
     import matplotlib
     matplotlib.use("Agg")
