@@ -100,6 +100,57 @@ def test_should_stop_and_durations():
     assert budget.fmt_duration(820) == "13m40s" and budget.fmt_duration(45.2) == "45s"
     assert budget.fmt_duration(5400) == "1h30m" and budget.fmt_duration(0) == "0s"
     assert budget.reserve_seconds(0.01, 100) == pytest.approx(budget.END_FIXED_S + 1.5)
+    # with TTA over 8 views the end sees every image 8 times
+    assert budget.reserve_seconds(0.01, 100, views=8) == pytest.approx(budget.END_FIXED_S + 8.5)
+
+
+def test_per_batch_leaves_the_warm_up_batches_out():
+    """The slow first batches (allocations, the loader filling its queue) are not the speed."""
+    warm = budget.WARMUP_BATCHES
+    slow = [0.0] + [5.0 * (i + 1) for i in range(warm)]          # warm-up batches of 5 s each
+    stamps = slow + [slow[-1] + 1.0 * (i + 1) for i in range(budget.TIMED_BATCHES)]
+    steady, extra = budget._per_batch(stamps)
+    assert steady == pytest.approx(1.0)
+    assert extra == pytest.approx(4.0)                             # the first batch's excess
+    # too few batches to leave any out (a tiny dataset): the mean over all of them
+    assert budget._per_batch([0.0, 2.0, 3.0])[0] == pytest.approx(1.5)
+
+
+def _plan(planned=(1, 2), recipe=(1, 8), main_epoch_s=10.0, budget_s=100.0, reserve_s=5.0):
+    return budget.Plan("100s", budget_s, started=0.0, speeds=budget.Speeds(1, 1, 1), recipe=recipe,
+                       planned=planned, frozen_epoch_s=50.0, main_epoch_s=main_epoch_s,
+                       spent_s=0.0, reserve_s=reserve_s, pretrained=True)
+
+
+def test_replan_main_when_the_frozen_phase_ran_late():
+    # planned 1+6 (50 s frozen, 10 s main epochs x 1.1, 5 s reserve, 100 s budget): the frozen
+    # phase ended at 60 s, not 50: 35 s left, 3 epochs fit
+    p = _plan(planned=(1, 6), recipe=(1, 8))
+    assert p.replan_main(now=60.0, sgdr=False) == 3
+    assert p.planned == (1, 3) and p.first_planned == (1, 6)
+    assert p.record(0)["first_planned"] == "1+6" and p.record(0)["planned"] == "1+3"
+    assert "until the frozen phase ran late" in budget.report_line(p.record(4))
+    # early or on time: the plan stands (never more: the main phase's speed is an estimate)
+    p = _plan(planned=(1, 2))
+    assert p.replan_main(now=20.0, sgdr=False) is None and p.planned == (1, 2)
+    assert p.first_planned is None and "ran late" not in budget.report_line(p.record(3))
+    assert _plan(planned=(1, 3)).replan_main(now=50.0, sgdr=False) is None
+    # not even one epoch fits (the guard stops the fit), sgdr's cycles: the plan stands
+    assert _plan(planned=(1, 6)).replan_main(now=90.0, sgdr=False) is None
+    assert _plan(planned=(1, 6)).replan_main(now=60.0, sgdr=True) is None
+
+
+def test_epoch_estimates_follow_the_progressive_ramp():
+    """With progressive resizing the guard must not predict the next, larger epoch from the
+    last, smaller one: each epoch's estimate grows along the ramp and they average the phase's."""
+    p = _plan(planned=(1, 4), main_epoch_s=100.0)
+    p.valid_epoch_s, p.ramp = 10.0, (128, 0.625)
+    main = [p.epoch_s(i) for i in range(1, 5)]
+    assert main == sorted(main) and main[0] < 80 < 110 < main[-1]
+    assert sum(main) / 4 == pytest.approx(100.0, rel=0.02)
+    assert p.epoch_s(0) == pytest.approx(50.0)    # a phase of one epoch is its whole ramp
+    p.ramp = None
+    assert [p.epoch_s(i) for i in range(5)] == [50.0] + [100.0] * 4
 
 
 # ---- real tiny fits --------------------------------------------------------------------------
@@ -190,6 +241,29 @@ def test_guard_stop_in_the_frozen_phase_skips_the_main_phase(cli, work, monkeypa
     m, results = _check_best_kept(Path("runs/f"))
     assert m["budget"]["stopped_by_budget"] and m["budget"]["planned"] == "400+3"
     assert set(results["phase"]) == {"frozen"} and len(results) == m["budget"]["epochs_run"] < 400
+
+
+def test_main_phase_replanned_when_the_frozen_phase_ran_late(cli, work, monkeypatch):
+    """Main epochs measured at 10 s: 1+4 fit a 120 s budget. The frozen phase is made to end
+    75 s later than it did: the main phase gets the 2 or 3 epochs left (as the time before
+    training allows), a whole one-cycle, instead of being cut short by the guard."""
+    monkeypatch.setattr(budget, "measure", lambda *a, **k: budget.Speeds(10.0, 1e-5, 1.0, 0.0))
+    monkeypatch.setattr(budget, "epoch_seconds", lambda s_per_batch, *a, **k: s_per_batch)
+    replan = budget.Plan.replan_main
+    monkeypatch.setattr(budget.Plan, "replan_main", lambda self, now, sgdr: replan(self, now + 75, sgdr))
+    write_recipe(work / "tiny.toml", "data/shapes",
+                 model={"arch": "tf_efficientnet_lite0", "pretrained": True},
+                 train={"freeze_epochs": 1, "epochs": 4})
+    result, wall = _timed(cli, "fit", "tiny.toml", "--budget", "120s", "--name", "r")
+    assert result.exit_code == 0, result.output
+    b = json.loads(Path("runs/r/metrics.json").read_text())["budget"]
+    assert b["first_planned"] == "1+4" and b["planned"] in ("1+2", "1+3"), result.output
+    main = int(b["planned"][-1])
+    assert f"the main phase now gets {main} epochs (was 4)" in result.output
+    results = pd.read_csv("runs/r/results.csv")
+    assert list(results["phase"]) == ["frozen"] + ["full"] * main and not b["stopped_by_budget"]
+    assert config.from_file(Path("runs/r/config.toml")).train.epochs == main
+    assert "ran late" in Path("runs/r/report.md").read_text() and wall < 120
 
 
 def test_budget_too_small_for_one_epoch_is_refused(cli, work):

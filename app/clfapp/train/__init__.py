@@ -302,6 +302,24 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         saver = Checkpoints(folder, cfg, prep.dataset, cbs, t0, plan, resume)
         cbs.append(saver)
     done = saver.before_run(learn) if saver is not None else 0  # resumed: its state put back
+
+    def replan(tt):
+        """Fewer main epochs when the frozen phase ran later than the budget planned."""
+        nonlocal cfg
+        now = time.perf_counter()
+        if plan.guard.stopped_after is not None:   # the guard ends the fit after the frozen phase
+            return tt
+        m = plan.replan_main(now, tt.schedule == "sgdr")
+        if m is None:
+            return tt
+        print(plan.replan_line(now - training_began), flush=True)
+        plan.changes = dict(plan.changes, freeze_epochs=plan.planned[0], epochs=m)
+        cfg = replace(cfg, train=replace(cfg.train, epochs=m))
+        (folder / "config.toml").write_text(config.dumps(cfg))
+        if saver is not None:
+            saver.config_changed(cfg)
+        return replace(tt, epochs=m)
+    training_began = time.perf_counter()
     stop = Stop()
     try:
         with _sigterm_as_interrupt():
@@ -310,7 +328,8 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
             if resume is None or not resume.training_done:
                 schedules.run(learn, t, lr, bool(prep.weights_source), cbs, plateau_monitor=(
                     monitor if t.plateau_monitor == "auto"
-                    else monitor_name(t.plateau_monitor, prep.dataset.multi_label)), done=done)
+                    else monitor_name(t.plateau_monitor, prep.dataset.multi_label)), done=done,
+                    before_main=replan if plan is not None and resume is None else None)
                 if saver is not None:
                     saver.training_ended()
     except Terminated:

@@ -4,7 +4,7 @@ wall-time budget, and stop cleanly if it would not.
 The budget counts from the moment the `fit` command started (data decoding, the model build and
 an LR finder are spent from it) to its end (saving the bundle, measuring it, the report).
 
-1. `measure`: a few real training steps on the real learner (one warm-up, then up to three
+1. `measure`: a few real training steps on the real learner (two warm-up, then up to four
    timed, the batches' loading and augmentation included), then a few validation batches; the
    model, the optimizer and the random state are put back afterwards, so nothing of it counts
    as training. A pretrained model's frozen phase (head only) is timed apart: its backward is
@@ -13,7 +13,13 @@ an LR finder are spent from it) to its end (saving the bundle, measuring it, the
    to fill a budget, ask for more epochs than fit, `--epochs 100 --budget 15m`); else the most
    epochs that fit, frozen:main in the recipe's proportion, so the one-cycle (which needs its
    length up front) is a whole one that ends within the budget.
-3. `BudgetGuard`: after each epoch, if the next one (at the speed just measured) would end past
+3. `Plan.replan_main`: when the frozen phase has ended later than planned, the main phase
+   gets fewer epochs, planned from the time really left: its one-cycle has not started yet, so
+   it can still be a whole one, where the guard would cut its low-LR tail. Never more epochs:
+   the probe's main-phase speed is off by up to about 20% either way (idl at 176 px: 1.14
+   s/batch timed, 1.30 over the phase), and the frozen phase's over-estimate is what covered
+   that when it ended early (re-planned up to 1+5, that run ended 2 minutes past its 29m).
+4. `BudgetGuard`: after each epoch, if the next one (at the speed just measured) would end past
    the budget, less the reserve for the end, the fit stops there; KeepBest keeps the best epoch.
 
 The pure functions take plain numbers, so the planning is tested without training.
@@ -30,9 +36,12 @@ import numpy as np
 from ..config import budget_seconds
 from ..errors import UsageError
 
-WARMUP_BATCHES = 1
-"""Training batches run before timing starts (the first one pays for one-off allocations)."""
-TIMED_BATCHES = 3
+WARMUP_BATCHES = 2
+"""Training batches run before timing starts: the first ones pay for one-off allocations and
+for the loader's workers filling their prefetch queue. With one, the first phase timed (the
+process's first training) measured 1.67x its steady speed on idl, with two 1.22x
+(`python bench/budget_probe.py idl`), and the plan gave away an epoch."""
+TIMED_BATCHES = 4
 """Training batches timed after the warm-up (validation: up to this many, after one warm-up)."""
 SAFETY = 1.1
 """Planned epochs are estimated 10% slower than measured: speed drifts, and an epoch has costs
@@ -77,10 +86,10 @@ def epoch_seconds(s_per_batch: float, valid_s: float, n_train: int, n_valid: int
     return n_train * s_per_batch + n_valid * valid_s + overhead_s
 
 
-def reserve_seconds(valid_s_per_item: float, n_eval_items: int) -> float:
+def reserve_seconds(valid_s_per_item: float, n_eval_items: int, views: int = 1) -> float:
     """What the end of fit costs: measuring the saved bundle on the validation (and test)
-    images, plus fixed costs (see END_FIXED_S)."""
-    return END_FIXED_S + END_PASSES * valid_s_per_item * n_eval_items
+    images, each seen in `views` views with TTA (aug.tta), plus fixed costs (END_FIXED_S)."""
+    return END_FIXED_S + (END_PASSES - 1 + views) * valid_s_per_item * n_eval_items
 
 
 def plan_epochs(frozen: int, main: int, frozen_epoch_s: float, main_epoch_s: float,
@@ -143,6 +152,25 @@ class Plan:
     changes: dict = field(default_factory=dict)
     """The TrainConfig fields the plan changes (epochs, freeze_epochs, sgdr_cycles)."""
     guard: object = None
+    first_planned: tuple[int, int] | None = None
+    """`planned` before `replan_main` changed it (None: it did not)."""
+    valid_epoch_s: float = 0.0
+    """The part of an epoch that is not training batches: validation and per-epoch overhead."""
+    ramp: tuple[int, float] | None = None
+    """Progressive resizing's (full size, start fraction), or None: epochs then cost more as
+    the phase goes on."""
+
+    def epoch_s(self, i: int) -> float:
+        """The estimated seconds of epoch `i` (0-based, counted over both phases)."""
+        f, m = self.planned
+        frozen = i < f
+        phase_s, k, n = (self.frozen_epoch_s, i, f) if frozen else (self.main_epoch_s, i - f, m)
+        if self.ramp is None or n <= 0:
+            return phase_s
+        from .progressive import cost_fraction, epoch_cost_fraction
+        full, start = self.ramp
+        share = epoch_cost_fraction(full, start, k, n) / cost_fraction(full, start)
+        return self.valid_epoch_s + (phase_s - self.valid_epoch_s) * share
 
     @property
     def deadline(self) -> float:
@@ -164,12 +192,37 @@ class Plan:
                 f"{kept} (≈ {fmt_duration(total)} in all), {_secs(self.spent_s)} spent before "
                 f"training, reserve {_secs(self.reserve_s)}")
 
+    def replan_main(self, now: float, sgdr: bool) -> int | None:
+        """Fewer main epochs when the frozen phase, ended at `now` (perf_counter seconds),
+        left less time than planned: the most that fit, with the safety margin, in what is
+        really left. Returns them when they are fewer than planned (and records the change),
+        else None; None also when not even one fits (the guard then stops the fit after the
+        frozen phase) and for sgdr, whose whole cycles were planned together."""
+        f, m = self.planned
+        if sgdr:
+            return None
+        left = self.deadline - now - self.reserve_s
+        fits = [k for k in range(1, m + 1) if k * self.main_epoch_s * SAFETY <= left]
+        if not fits or fits[-1] == m:
+            return None
+        self.first_planned, self.planned = self.planned, (f, fits[-1])
+        return fits[-1]
+
+    def replan_line(self, frozen_s: float) -> str:
+        """The line fit prints when `replan_main` changed the plan."""
+        return (f"budget {self.text}: the frozen phase took {frozen_s:.0f} s "
+                f"(≈ {self.planned[0] * self.frozen_epoch_s:.0f} s planned); the main phase "
+                f"now gets {self.planned[1]} epochs (was {self.first_planned[1]}), "
+                f"{fmt_duration(max(0.0, self.deadline - time.perf_counter()))} left")
+
     def record(self, epochs_run: int) -> dict:
         """metrics.json's "budget" entry; `used_s` runs from the command's start to now."""
         stopped = bool(self.guard is not None and self.guard.stopped_after is not None)
         return dict(budget=self.text, budget_s=round(self.budget_s, 1),
                     planned_epochs=sum(self.planned), planned=self.epochs_text(self.planned),
                     recipe_epochs=self.epochs_text(self.recipe),
+                    first_planned=(None if self.first_planned is None
+                                   else self.epochs_text(self.first_planned)),
                     measured_s_per_batch=round(self.speeds.train_s, 4),
                     measured_s_per_batch_frozen=(None if self.speeds.frozen_s is None
                                                  else round(self.speeds.frozen_s, 4)),
@@ -187,6 +240,8 @@ def report_line(rec: dict) -> str:
            else f"{rec['epochs_run']} epochs ran")
     plan = ("the recipe's epochs fit" if rec["planned"] == rec["recipe_epochs"]
             else f"the recipe asked {rec['recipe_epochs']}")
+    if rec.get("first_planned"):
+        plan += f"; {rec['first_planned']} until the frozen phase ran late"
     return (f"Budget {rec['budget']} ({rec['budget_s']:.0f} s): planned {rec['planned']} epochs "
             f"({plan}) at {rec['measured_s_per_batch']:.3g} s/batch measured; {how}; "
             f"{fmt_duration(rec['used_s'])} used ({rec['spent_before_training_s']:.0f} s before "
@@ -313,9 +368,11 @@ def _progressive(learn):
     return found[0] if found else None
 
 
-def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: int) -> Plan:
+def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: int,
+         views: int = 1) -> Plan:
     """Measure, then choose the epochs (see the module's docstring); prints the plan's line.
-    Raises UsageError when not even one epoch fits in what is left of the budget."""
+    `views`: how many times the end sees each image (TTA). Raises UsageError when not even one
+    epoch fits in what is left of the budget."""
     from . import schedules
 
     text, budget_s = t.budget, budget_seconds(t.budget)
@@ -325,7 +382,7 @@ def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: in
     main_e = epoch_seconds(speeds.train_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
     frozen_e = (epoch_seconds(speeds.frozen_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
                 if speeds.frozen_s is not None else main_e)
-    reserve = reserve_seconds(speeds.valid_s * n_valid / valid_items, n_eval_items)
+    reserve = reserve_seconds(speeds.valid_s * n_valid / valid_items, n_eval_items, views)
     spent = time.perf_counter() - started
     available = budget_s - spent - reserve
     if pretrained:
@@ -369,8 +426,11 @@ def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: in
             planned = (planned[0], effective(planned[1], replace(t, sgdr_cycles=0)))
     elif t.schedule == "sgdr":
         planned = (planned[0], effective(planned[1]))
+    resize = _progressive(learn)
     p = Plan(text, budget_s, started, speeds, (recipe[0], effective(recipe[1])), planned,
-             frozen_e, main_e, spent, reserve, pretrained, changes)
+             frozen_e, main_e, spent, reserve, pretrained, changes,
+             valid_epoch_s=epoch_seconds(0.0, speeds.valid_s, n_train, n_valid, speeds.overhead_s),
+             ramp=None if resize is None else (resize.full, resize.start_fraction))
     p.guard = BudgetGuard(p)
     print(p.line(), flush=True)
     return p
@@ -402,9 +462,9 @@ def BudgetGuard(p: Plan):
             total = sum(p.planned)
             if self.done >= total:
                 return
-            this = p.frozen_epoch_s if p.pretrained and self.done <= p.planned[0] else p.main_epoch_s
-            nxt = p.frozen_epoch_s if p.pretrained and self.done < p.planned[0] else p.main_epoch_s
-            # the next epoch at the speed the last one really ran (drift)
+            this, nxt = p.epoch_s(self.done - 1), p.epoch_s(self.done)
+            # the next epoch at the speed the last one really ran (drift); with progressive
+            # resizing the next is dearer than the last by the ramp's share
             next_s = nxt * took / this if this > 0 else took
             if should_stop(now, next_s, p.reserve_s, p.deadline):
                 self.stopped_after = self.done

@@ -367,6 +367,14 @@ def _callback_class():
                 "created": resume.header["started"]["created"] if resume is not None
                 else time.strftime("%Y-%m-%d %H:%M:%S")}
 
+        def config_changed(self, cfg) -> None:
+            """The budget re-planned the main phase (config.toml was rewritten): the
+            checkpoints record the config the run now follows, so --resume accepts it."""
+            from .. import config
+            from .schedules import phases
+            self.started["config"] = config.dumps(cfg)
+            self.total = sum(phases(cfg.train, bool(cfg.model.pretrained)))
+
         # -- saving --
         def before_fit(self):
             self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
@@ -517,6 +525,9 @@ def restore_plan(saved: dict, started: float):
     used = d.pop("used_s")
     d["speeds"] = budget.Speeds(**d["speeds"])
     d["recipe"], d["planned"] = tuple(d["recipe"]), tuple(d["planned"])
+    for key in ("first_planned", "ramp"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
     p = budget.Plan(started=started - used, **d)
     p.guard = budget.BudgetGuard(p)
     return p

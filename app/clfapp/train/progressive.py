@@ -37,6 +37,14 @@ def cost_fraction(full: int, start_fraction: float) -> float:
     return sum(pixels((i + 0.5) / 100) for i in range(100)) / 100
 
 
+def epoch_cost_fraction(full: int, start_fraction: float, epoch: int, epochs: int) -> float:
+    """`cost_fraction` of one epoch of a phase of `epochs`: the ramp makes each epoch dearer
+    than the last (the budget's guard predicts the next epoch from the last one with it)."""
+    def pixels(progress: float) -> float:
+        return (size_at(full, start_fraction, progress) / full) ** 2
+    return sum(pixels((epoch + (i + 0.5) / 100) / epochs) for i in range(100)) / 100
+
+
 class ProgressiveResize(Callback):
     """Resize training batches per `size_at`; validation batches stay at full size.
 

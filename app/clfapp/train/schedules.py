@@ -250,12 +250,14 @@ def starting_at(learn, epoch: int):
 
 
 def run(learn, t, lr: float, pretrained: bool, cbs: list, plateau_monitor: str = "valid_loss",
-        done: int = 0) -> None:
+        done: int = 0, before_main=None) -> None:
     """Train `learn` per `t` (TrainConfig): the frozen phase for pretrained models, then the
     main phase with `t.schedule` under `t.freeze`. `plateau_monitor`: the fastai metric name
     `train.plateau_monitor` stands for. `done`: epochs (counted across both phases) a resumed
     run has already trained (train/checkpoint.py restores their state): those are skipped, a
-    phase that ended is not run again, the phase they stopped in continues from there."""
+    phase that ended is not run again, the phase they stopped in continues from there.
+    `before_main(t)`: called when a frozen phase run here has ended, before the main phase;
+    it returns the TrainConfig the main phase runs (the budget re-plans its epochs there)."""
     sched, policy = SCHEDULES[t.schedule], FREEZES[t.freeze]
     if not pretrained:
         if t.freeze != "frozen_then_full":
@@ -272,6 +274,8 @@ def run(learn, t, lr: float, pretrained: bool, cbs: list, plateau_monitor: str =
             with starting_at(learn, done):
                 learn.fit_one_cycle(t.freeze_epochs, slice(lr), pct_start=0.99,
                                     moms=parse_moms(t.moms), cbs=cbs)
+            if before_main is not None:
+                t = before_main(t)
         lr = lr / 2
     if t.epochs:
         group_lr = policy(learn, lr, t, after_frozen)
