@@ -66,7 +66,7 @@ def counted(monkeypatch):
 
 def test_flips_follow_the_training_augmentation():
     assert tta_flips_for(AugConfig()) == ["horizontal"]
-    assert tta_flips_for(AugConfig(flip_vert=True)) == ["horizontal", "vertical"]
+    assert tta_flips_for(AugConfig(flip_vert=True)) == ["horizontal", "vertical", "transpose"]
     assert tta_flips_for(AugConfig(flip=False)) == []
     assert tta_flips_for(AugConfig(flip=False, flip_vert=True)) == []   # fastai: no do_flip, no flips
     assert tta_flips_for(AugConfig(enabled=False)) == []
@@ -105,21 +105,28 @@ def test_tta_on_a_model_trained_without_flips_is_a_no_op(cli, tmp_path, counted)
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("flips", [["horizontal"], ["horizontal", "vertical"]])
-def test_tta_averages_over_exactly_the_trained_mirrors(tmp_path, counted, flips):
+def _dihedral(x):
+    """The 8 turns and mirrors of square images, made with rot90 (not with the flips under test)."""
+    return [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+
+
+@pytest.mark.parametrize("flips, n_views", [(["horizontal"], 2),
+                                            (["horizontal", "vertical", "transpose"], 8),
+                                            (["horizontal", "vertical"], 8)])   # before "transpose"
+def test_tta_averages_over_exactly_the_trained_mirrors(tmp_path, counted, flips, n_views):
     data = make_folder_dataset(tmp_path / "imgs", n_per_class=2, size=(30, 20))
     paths = [str(p) for p in sorted(data.rglob("*.png"))]
     run = _bundle(tmp_path / "run", flips)
     got, kept = Predictor(run).probabilities(paths, tta=True, bs=4)
     assert list(kept) == list(range(len(paths)))
-    assert counted[-1].calls == 2 * (1 + len(flips))      # 2 batches, each seen 1 + flips times
+    assert counted[-1].calls == 2 * n_views               # 2 batches, each seen once per view
 
     # computed independently: decode, normalise, the raw model on each view, softmax, mean
     model, meta = counted[-1].inner, bundle.read_meta(run)
     pixels = np.stack([images.read_image(p, meta.size, meta.resize) for p in paths])
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(1, 3, 1, 1)
-    views = [x] + [x.flip(3 if f == "horizontal" else 2) for f in flips]
+    views = [x, x.flip(3)] if n_views == 2 else _dihedral(x)
     with torch.no_grad():
         outs = [model(v).softmax(1).numpy() for v in views]
     np.testing.assert_allclose(got, np.mean(outs, axis=0), atol=1e-5)

@@ -88,7 +88,8 @@ class AugConfig:
     tta: bool = False
     """Test-time augmentation by default: the end of fit measures the saved model with it, and
     the bundle records it (model.json `tta`) as what predict and evaluate do unless told
-    --no-tta: the mean over the image and the mirrors it was trained with (tta_flips)."""
+    --no-tta: the mean over the image and every combination of the mirrors it was trained
+    with (tta_flips; with flip_vert the 8 turns and mirrors of the square)."""
 
 
 @dataclass(frozen=True)

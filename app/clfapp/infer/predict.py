@@ -67,19 +67,36 @@ def _collate(batch):
     return idx, x
 
 
-FLIP_DIMS = {"horizontal": 3, "vertical": 2}
-"""TTA mirror name -> the N,C,H,W dimension it flips."""
+MIRRORS = ("horizontal", "vertical", "transpose")
+"""TTA mirror names: flip the width, flip the height, swap them (images are square here)."""
 LEGACY_TTA_FLIPS = ("horizontal",)
 """TTA of bundles written before model.json recorded `tta_flips`: what TTA always did."""
 
 
 def tta_flips_for(aug) -> list[str]:
     """The mirrors training augmented with, from an AugConfig, in fastai's terms:
-    aug_transforms flips only when `flip` is on (`flip_vert` then adds vertical flips, with
-    fastai's Dihedral), and nothing at all when augmentation is disabled."""
+    aug_transforms flips only when `flip` is on, and `flip_vert` then uses fastai's Dihedral
+    (vertical flips and transposes too: the 8 turns and mirrors of the square); nothing at
+    all when augmentation is disabled."""
     if not (aug.enabled and aug.flip):
         return []
-    return ["horizontal", "vertical"] if aug.flip_vert else ["horizontal"]
+    return list(MIRRORS) if aug.flip_vert else ["horizontal"]
+
+
+def tta_views(flips) -> list[tuple[str, ...]]:
+    """The views TTA averages: every combination of the mirrors, the image itself first. With
+    all three, the dihedral group's 8; on plant seedlings' validation split 8 views gave
+    0.898 accuracy where the image and each mirror alone (3 views) gave 0.890, and 0.771 vs
+    0.749, 0.740 vs 0.694 for two shorter runs (`python bench/tta_views.py RUN`)."""
+    import itertools
+    return [c for k in range(len(flips) + 1) for c in itertools.combinations(flips, k)]
+
+
+def _mirrored(x, view: tuple[str, ...]):
+    import torch
+    for mirror in view:
+        x = x.transpose(2, 3) if mirror == "transpose" else torch.flip(x, dims=[3 if mirror == "horizontal" else 2])
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class Predictor:
@@ -104,30 +121,32 @@ class Predictor:
         """The mirrors TTA averages over: those the model was trained with (model.json's
         `tta_flips`); a bundle older than that field gets the horizontal flip it always had."""
         flips = list(LEGACY_TTA_FLIPS if self.meta.tta_flips is None else self.meta.tta_flips)
-        unknown = [f for f in flips if f not in FLIP_DIMS]
+        unknown = [f for f in flips if f not in MIRRORS]
         if unknown:
-            raise UsageError(f"model.json: unknown tta_flips {unknown} (known: {', '.join(FLIP_DIMS)})")
+            raise UsageError(f"model.json: unknown tta_flips {unknown} (known: {', '.join(MIRRORS)})")
+        if "vertical" in flips and "transpose" not in flips:
+            # written before "transpose" was: vertical flips only ever came with fastai's
+            # Dihedral (aug.flip_vert), which transposes too
+            flips.append("transpose")
         return flips
 
     def forward(self, x_uint8, tta: bool = False):
         """Probabilities for a uint8 N,3,S,S batch.
 
-        TTA averages the image with its mirrors, but only the mirrors training augmented with:
-        a mirrored digit or text is another image, not the same one seen differently. For a
-        model trained without flips, TTA is a no-op (said once on stderr).
+        TTA averages the image with its mirrors (`tta_views`), but only the mirrors training
+        augmented with: a mirrored digit or text is another image, not the same one seen
+        differently. For a model trained without flips, TTA is a no-op (said once on stderr).
         """
         import torch
         x = ((x_uint8.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        dims = [FLIP_DIMS[f] for f in self.tta_flips] if tta else []
-        if tta and not dims:
+        views = tta_views(self.tta_flips) if tta else [()]
+        if tta and len(views) == 1:
             self._say_no_tta()
         with torch.inference_mode():
             probs = self._activate(self.model(x))
-            if dims:
-                for d in dims:
-                    probs = probs + self._activate(self.model(torch.flip(x, dims=[d])))
-                probs = probs / (1 + len(dims))
-        return probs
+            for view in views[1:]:
+                probs = probs + self._activate(self.model(_mirrored(x, view)))
+        return probs / len(views)
 
     def _say_no_tta(self) -> None:
         if not self._told_no_tta:

@@ -289,8 +289,10 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     elif t.budget:  # epochs planned from the measured speed to end within it (budget.py)
         from . import budget
         ds = prep.dataset
+        from ..infer.predict import tta_flips_for, tta_views
         plan = budget.plan(learn, t, lr, bool(prep.weights_source), t0 if started is None else started,
-                           len(ds.indices("valid")) + int((ds.items["split"] == "test").sum()))
+                           len(ds.indices("valid")) + int((ds.items["split"] == "test").sum()),
+                           views=len(tta_views(tta_flips_for(cfg.aug))) if cfg.aug.tta else 1)
         if plan.changes:
             t = replace(t, **plan.changes)
             cfg = replace(cfg, train=replace(cfg.train, **plan.changes))
@@ -379,7 +381,7 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     report.md, the summary) are the saved bundle's on it, and validation moves under "valid".
     """
     from ..infer import thresholds
-    from ..infer.predict import Predictor, tta_flips_for
+    from ..infer.predict import Predictor, tta_flips_for, tta_views
 
     learn, ds = prep.learn, prep.dataset
     meta = bundle.BundleMeta(
@@ -401,8 +403,9 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
                f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
                + (f" (training {stopped} early)" if stopped else "")
-               + (f"; figures with TTA (mean over the image and its {', '.join(meta.tta_flips)} "
-                  f"mirror)" if cfg.aug.tta and meta.tta_flips else "") + ".")
+               + (f"; figures with TTA (mean over {len(tta_views(meta.tta_flips))} views: the "
+                  f"image and every combination of its {', '.join(meta.tta_flips)} mirrors)"
+                  if cfg.aug.tta and meta.tta_flips else "") + ".")
     run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
                     interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
     from .reproducible import record
