@@ -12,7 +12,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -50,15 +49,13 @@ def main() -> None:
         for warm, timed in ((1, 3), (2, 4), (4, 4), (6, 6)):
             if warm + timed > len(per):
                 continue
-            budget_t = t[:warm + timed + 1]
-            w, n = budget.WARMUP_BATCHES, budget.TIMED_BATCHES
-            budget.WARMUP_BATCHES = warm
+            kept = budget.WARMUP_BATCHES
+            budget.WARMUP_BATCHES = warm     # _per_batch reads it
             try:
-                est, _ = budget._per_batch(budget_t)
+                est, _ = budget._per_batch(t[:warm + timed + 1])
             finally:
-                budget.WARMUP_BATCHES = w
+                budget.WARMUP_BATCHES = kept
             print(f"  warm-up {warm}, timed {timed}: {est:.3f} s/batch = {est / steady:.2f}x steady")
-        time.sleep(0)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ learn = vision_learner(dls, "tf_efficientnet_lite0",
                        metrics=[accuracy_multi, F1ScoreMulti(average="micro")],
                        pretrained_cfg_overlay=dict(file=str(weights_file)))
 learn.fine_tune(epochs, base_lr=4e-3, freeze_epochs=1)
+# the main phase's epochs, read before get_preds (whose validation pass logs a row of its own)
+f1_col = list(learn.recorder.metric_names).index("f1_score") - 1   # values leave out "epoch"
+per_epoch = [float(v[f1_col]) for v in learn.recorder.values]
 probs, targets = learn.get_preds()
 probs, targets = probs.numpy(), targets.numpy().astype(bool)
 
@@ -53,7 +56,6 @@ def f1_micro(t):
 
 grid = np.round(np.arange(0.02, 0.981, 0.01), 2)
 best = max(grid, key=f1_micro)
-per_epoch = [float(v[3]) for v in learn.recorder.values]  # train/valid loss, acc_multi, F1
 print(json.dumps({"f1_micro_at_0.5": round(float(f1_micro(0.5)), 4),
                   "f1_micro_best_epoch_at_0.5": round(max(per_epoch), 4),
                   "f1_micro_tuned": round(float(f1_micro(best)), 4), "threshold": float(best),
