@@ -32,9 +32,7 @@ def cost_fraction(full: int, start_fraction: float) -> float:
     """A phase's training compute relative to full size, taken as proportional to the pixel
     count and averaged over the phase's ramp (what the budget planner scales its full-size
     measurement by); the frozen and the main phase ramp alike (see ProgressiveResize)."""
-    def pixels(progress: float) -> float:
-        return (size_at(full, start_fraction, progress) / full) ** 2
-    return sum(pixels((i + 0.5) / 100) for i in range(100)) / 100
+    return epoch_cost_fraction(full, start_fraction, 0, 1)   # the phase as one epoch
 
 
 def epoch_cost_fraction(full: int, start_fraction: float, epoch: int, epochs: int) -> float:
