@@ -9,7 +9,10 @@ within each round (so drift in the machine's speed hits every variant alike):
 - data: producing one augmented batch (decoded images held in memory, fastai batch transforms);
 - step NCHW @128: forward, loss, backward, optimizer step in the default memory format;
 - step channels_last @128, @112, @96, @80: the same in channels_last, at the sizes progressive
-  resizing (train.progressive) passes through.
+  resizing (train.progressive) passes through;
+- frozen step, norms train / body fixed: the frozen phase's step (head trainable) in
+  channels_last @128, with the body's norm layers trainable (fastai's train_bn) and without
+  (train.train_bn = false, clfapp's default: no gradient reaches the body).
 
 Prints seconds per batch (median over rounds) and each variant's ratio to NCHW @128, round by
 round, then the main-phase epoch cost of progressive resizing (train/progressive.py's ramp
@@ -45,9 +48,13 @@ def main() -> None:
                                 sets=["train.channels_last=false"])
     prep = train.prepare(cfg, Path(tempfile.mkdtemp()))
     learn = prep.learn
-    learn.unfreeze()
-    learn.create_opt()
-    model, opt, loss_func = learn.model.train(), learn.opt, learn.loss_func
+    model, loss_func = learn.model.train(), learn.loss_func
+
+    def trainable(mode: str) -> None:
+        """full: every layer; frozen_bn: head + the body's norm layers; frozen: head alone."""
+        learn.train_bn = mode == "frozen_bn"
+        learn.create_opt()        # train_bn is read here (fastai's force_train state)
+        learn.unfreeze() if mode == "full" else learn.freeze()
     it = iter(learn.dls.train)
 
     def data_batch():
@@ -65,15 +72,18 @@ def main() -> None:
         x = x.contiguous(memory_format=fmt)
         loss = loss_func(model(x), yb)
         loss.backward()
-        opt.step()
-        opt.zero_grad()
+        learn.opt.step()
+        learn.opt.zero_grad()
 
-    variants = {"step NCHW @128": (False, 128)}
-    variants.update({f"step channels_last @{s}": (True, s) for s in (128, 112, 96, 80)})
+    variants = {"step NCHW @128": (False, 128, "full")}
+    variants.update({f"step channels_last @{s}": (True, s, "full") for s in (128, 112, 96, 80)})
+    variants["frozen step, norms train"] = (True, 128, "frozen_bn")
+    variants["frozen step, body fixed"] = (True, 128, "frozen")
     times = {name: [] for name in ["data"] + list(variants)}
     for r in range(args.rounds):
         times["data"].append(statistics.mean(data_batch()[0] for _ in range(args.steps)))
-        for name, (cl, size) in variants.items():
+        for name, (cl, size, mode) in variants.items():
+            trainable(mode)
             step(xb, cl, size)                          # warm-up: this format and size
             t = time.perf_counter()
             for _ in range(args.steps):
@@ -87,6 +97,10 @@ def main() -> None:
         ratios = [b / t for b, t in zip(base, ts)]
         print(f"{name:28s} {statistics.median(ts):8.3f} "
               f"{' '.join(f'{x:.2f}' for x in ratios):>32s} ({statistics.median(ratios):.2f}x)")
+
+    fz = [a / b for a, b in zip(times["frozen step, norms train"], times["frozen step, body fixed"])]
+    print(f"frozen step, body fixed vs norms train (train.train_bn false vs true): "
+          f"{statistics.median(fz):.2f}x faster (per round: {' '.join(f'{x:.2f}' for x in fz)})")
 
     # progressive resizing: the main phase's mean step time along the ramp, from the sizes measured
     med = {s: statistics.median(times[f"step channels_last @{s}"]) for s in (128, 112, 96, 80)}

@@ -175,17 +175,22 @@ def _changed(a, b, names):
     return {n for n in names if not torch.equal(a[n], b[n])}
 
 
-def test_head_only_never_trains_the_body(tmp_path, monkeypatch, tiny_data):
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_head_only_never_trains_the_body(tmp_path, monkeypatch, tiny_data, train_bn):
+    """The body's weights never move; its norm layers' weights train only with train_bn
+    (fastai's default); without it the frozen body gets no gradient at all."""
     log, model, _ = _fit(tmp_path, monkeypatch, pretrained=True, freeze="head_only",
-                         epochs=1, freeze_epochs=1, lr=1e-2)
+                         epochs=1, freeze_epochs=1, lr=1e-2, train_bn=train_bn)
     layers = _body_layers(model)
     weights = _params(model, [(n, m) for n, m in layers if not _is_norm(m)])
     norms = _params(model, [(n, m) for n, m in layers if _is_norm(m)])
     head = {n for n, _ in model.named_parameters() if n.startswith("1.")}
-    assert len(log.phases) == 2 and weights and head
+    assert len(log.phases) == 2 and weights and norms and head
     for phase in log.phases:
-        assert phase["trainable"] == head | norms               # fastai's freeze (train_bn)
+        assert phase["trainable"] == head | (norms if train_bn else set())
     assert not _changed(log.start, log.phases[-1]["end"], weights)     # the body never moved
+    moved_norms = _changed(log.start, log.phases[-1]["end"], norms)
+    assert moved_norms == (norms if train_bn else set())
     assert _changed(log.phases[0]["end"], log.phases[1]["end"], head) == head
 
 
@@ -194,13 +199,12 @@ def test_last_fraction_unfreezes_the_bodys_last_layers_at_a_lower_lr(tmp_path, m
                          unfreeze_fraction=0.3, unfreeze_lr_mult=0.1, epochs=1, freeze_epochs=1, lr=1e-2)
     layers = _body_layers(model)
     k = math.ceil(0.3 * len(layers))
-    first = _params(model, [(n, m) for n, m in layers[:-k] if not _is_norm(m)])
+    first = _params(model, layers[:-k])                 # norm layers too: train_bn is off
     last = _params(model, layers[-k:])
-    norms = _params(model, [(n, m) for n, m in layers if _is_norm(m)])
     head = {n for n, _ in model.named_parameters() if n.startswith("1.")}
     frozen, main = log.phases
-    assert frozen["trainable"] == head | norms
-    assert main["trainable"] == head | norms | last
+    assert frozen["trainable"] == head                      # train_bn off: norms stay too
+    assert main["trainable"] == head | last
     assert not _changed(log.start, main["end"], first)                  # the first 70% stayed put
     assert _changed(frozen["end"], main["end"], last) == last            # the last 30% trained
     # the body's group at unfreeze_lr_mult x the head's, every step (after fine_tune's lr/2)
@@ -215,6 +219,7 @@ def test_frozen_then_full_uses_discriminative_lrs(tmp_path, monkeypatch, tiny_da
                                epochs=1, freeze_epochs=1, lr=1e-2)
     frozen, main = log.phases
     every = {n for n, _ in model.named_parameters()}
+    assert frozen["trainable"] == {n for n in every if n.startswith("1.")}   # the head alone
     assert main["trainable"] == every
     assert list(results["phase"]) == ["frozen", "full"]
     body = _params(model, [(n, m) for n, m in _body_layers(model) if not _is_norm(m)])

@@ -132,6 +132,7 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
     learn = Learner(dls, model, loss_func=loss,
                     opt_func=optim.make(cfg.train.opt, cfg.train), splitter=splitter,
                     metrics=_metrics(ds.multi_label), wd=cfg.train.wd, path=folder,
+                    train_bn=cfg.train.train_bn,
                     cbs=_precision_callbacks(cfg.train.precision, cfg.train.channels_last)
                     + _mixing_callbacks(cfg.aug)
                     + _resize_callbacks(cfg))

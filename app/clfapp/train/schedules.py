@@ -4,8 +4,9 @@ ReduceLROnPlateau, Learner.freeze / unfreeze).
 
 A fit of a pretrained model has up to two phases, as fastai's `fine_tune`:
 
-1. the frozen phase, `train.freeze_epochs` epochs of the head alone (fastai's freeze: the
-   body's norm layers still train, `train_bn`), always `fit_one_cycle(pct_start=0.99)` at
+1. the frozen phase, `train.freeze_epochs` epochs of the head alone (fastai's freeze; the
+   body's norm layers train too only with `train.train_bn`, off by default: a body without
+   gradients costs a forward pass alone), always `fit_one_cycle(pct_start=0.99)` at
    `slice(lr)`, exactly fine_tune's first call, whatever the schedule;
 2. the main phase, `train.epochs` epochs with the chosen schedule at half the LR (fine_tune's
    `base_lr /= 2`), with what `train.freeze` makes trainable and at the per-group LRs it sets.
@@ -176,7 +177,8 @@ def frozen_then_full(learn, lr: float, t, after_frozen: bool):
 
 @freeze_policy("head_only")
 def head_only(learn, lr: float, t, after_frozen: bool):
-    """Never unfreeze: the body stays as pretrained (its norm layers adapt, fastai's train_bn)."""
+    """Never unfreeze: the body stays as pretrained (its norm layers' weights train only with
+    train.train_bn; their batch statistics adapt either way)."""
     learn.freeze()
     return lr
 
