@@ -12,7 +12,9 @@ within each round (so drift in the machine's speed hits every variant alike):
   resizing (train.progressive) passes through;
 - frozen step, norms train / body fixed: the frozen phase's step (head trainable) in
   channels_last @128, with the body's norm layers trainable (fastai's train_bn) and without
-  (train.train_bn = false, clfapp's default: no gradient reaches the body).
+  (train.train_bn = false, clfapp's default: no gradient reaches the body);
+- step frozen_stride 4 @128, @80: the main phase's step with the body's first layers (output
+  stride up to 4: the stem and first stages) kept frozen (train.frozen_stride = 4).
 
 Prints seconds per batch (median over rounds) and each variant's ratio to NCHW @128, round by
 round, then the main-phase epoch cost of progressive resizing (train/progressive.py's ramp
@@ -43,6 +45,7 @@ def main() -> None:
     from clfapp import train
     from clfapp.cli import common
     from clfapp.train.progressive import FULL_AT, size_at
+    from clfapp.train.schedules import freeze_early
 
     cfg = common.resolve_config(str(HERE / "recipes" / "plants-baseline.toml"), data=args.data,
                                 sets=["train.channels_last=false"])
@@ -51,10 +54,13 @@ def main() -> None:
     model, loss_func = learn.model.train(), learn.loss_func
 
     def trainable(mode: str) -> None:
-        """full: every layer; frozen_bn: head + the body's norm layers; frozen: head alone."""
+        """full: every layer; frozen_bn: head + the body's norm layers; frozen: head alone;
+        early4: all but the layers train.frozen_stride = 4 keeps."""
         learn.train_bn = mode == "frozen_bn"
         learn.create_opt()        # train_bn is read here (fastai's force_train state)
-        learn.unfreeze() if mode == "full" else learn.freeze()
+        learn.freeze() if mode.startswith("frozen") else learn.unfreeze()
+        if mode == "early4":
+            freeze_early(learn, 4)
     it = iter(learn.dls.train)
 
     def data_batch():
@@ -79,6 +85,7 @@ def main() -> None:
     variants.update({f"step channels_last @{s}": (True, s, "full") for s in (128, 112, 96, 80)})
     variants["frozen step, norms train"] = (True, 128, "frozen_bn")
     variants["frozen step, body fixed"] = (True, 128, "frozen")
+    variants.update({f"step frozen_stride 4 @{s}": (True, s, "early4") for s in (128, 80)})
     times = {name: [] for name in ["data"] + list(variants)}
     for r in range(args.rounds):
         times["data"].append(statistics.mean(data_batch()[0] for _ in range(args.steps)))
@@ -101,6 +108,11 @@ def main() -> None:
     fz = [a / b for a, b in zip(times["frozen step, norms train"], times["frozen step, body fixed"])]
     print(f"frozen step, body fixed vs norms train (train.train_bn false vs true): "
           f"{statistics.median(fz):.2f}x faster (per round: {' '.join(f'{x:.2f}' for x in fz)})")
+
+    for s in (128, 80):
+        r = [a / b for a, b in zip(times[f"step channels_last @{s}"], times[f"step frozen_stride 4 @{s}"])]
+        print(f"frozen_stride 4 vs every layer training @{s}: {statistics.median(r):.2f}x faster "
+              f"(per round: {' '.join(f'{x:.2f}' for x in r)})")
 
     # progressive resizing: the main phase's mean step time along the ramp, from the sizes measured
     med = {s: statistics.median(times[f"step channels_last @{s}"]) for s in (128, 112, 96, 80)}

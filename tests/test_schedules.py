@@ -252,7 +252,61 @@ def test_the_defaults_are_fine_tune_step_for_step(tmp_path, monkeypatch, tiny_da
     assert runs[0][1] == runs[1][1]
 
 
+def _layer_names(model, layers) -> list[str]:
+    names = {m: n for n, m in model[0].named_modules()}
+    return [names[m] for m in layers]
+
+
+@pytest.mark.parametrize("stride,expected", [
+    (2, ["0", "1"]),                         # fastai's body: conv1, bn1, relu, maxpool, layer1..
+    (4, ["0", "1"] + [f"4.{b}.{c}" for b in (0, 1) for c in ("conv1", "bn1", "conv2", "bn2")]),
+])
+def test_early_layers_are_the_stem_and_first_stage_by_output_stride(stride, expected):
+    """ResNet18: the stem ends at stride 2 (its max-pool holds no weights), layer1 runs at 4,
+    layer2 at 8: what detectron2's FREEZE_AT counts as stages 1 and 2."""
+    from clfapp import models
+    from clfapp.train.schedules import early_layers
+
+    model, _ = models.build(models.resolve("resnet18", False, 0), 3)
+    model.train()
+    assert _layer_names(model, early_layers(model, stride)) == expected
+    assert model.training                                   # left in the mode it was in
+
+
+def test_early_layers_keep_a_1x1_branch_inside_and_stop_at_tokens():
+    """lite0 at stride 4: the stem, stage 0 and 1 and stage 2's expansion conv (still at 4); a
+    vision transformer has no image-shaped maps after its patch embedding: nothing."""
+    from clfapp import models
+    from clfapp.train.schedules import body_layers, early_layers
+
+    model, _ = models.build(models.resolve("tf_efficientnet_lite0", False, 0), 3)
+    names = _layer_names(model, early_layers(model, 4))
+    assert names[:2] == ["model.conv_stem", "model.bn1"]
+    assert names[-2:] == ["model.blocks.2.0.conv_pw", "model.blocks.2.0.bn1"]
+    assert {n.split(".")[2] for n in names[2:]} == {"0", "1", "2"}
+    assert len(names) < len(body_layers(model)) // 4
+    vit, _ = models.build(models.resolve("vit_tiny_patch16_224", False, 0), 3)
+    assert early_layers(vit, 4) == []
+
+
+def test_frozen_stride_keeps_the_early_layers_frozen_in_the_main_phase(tmp_path, monkeypatch, tiny_data):
+    log, model, results = _fit(tmp_path, monkeypatch, pretrained=True, frozen_stride=4,
+                               epochs=1, freeze_epochs=1, lr=1e-2)
+    assert list(results["phase"]) == ["frozen", "full"]
+    from clfapp.train.schedules import early_layers
+
+    early = {f"0.{n}" for n, p in model[0].named_parameters()
+             if any(p is q for m in early_layers(model, 4) for q in m.parameters(recurse=False))}
+    every = {n for n, _ in model.named_parameters()}
+    frozen, main = log.phases
+    assert early and main["trainable"] == every - early
+    assert not _changed(log.start, main["end"], early)                  # stayed as pretrained
+    rest = every - early - {n for n in every if n.startswith("1.")}      # the body's others
+    assert _changed(frozen["end"], main["end"], rest) == rest
+
+
 @pytest.mark.parametrize("setting,fragment", [
+    ("train.frozen_stride=-1", "train.frozen_stride must be >= 0"),
     ("train.schedule=platau", "did you mean plateau"),
     ("train.freeze=head_onyl", "did you mean head_only"),
     ("train.moms=0.95,0.85", "three momentums"),

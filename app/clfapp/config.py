@@ -209,6 +209,12 @@ class TrainConfig:
     a frozen body gets no gradients at all, so a frozen-phase step is forward-only through it:
     5.3x cheaper for tf_efficientnet_lite0 at 128 px on a 2-core CPU (bench/epoch_speed.py).
     The norm layers still use and track batch statistics in either case."""
+    frozen_stride: int = 0
+    """frozen_then_full: when the body unfreezes, its first layers, those whose outputs are
+    at most this many times smaller than the input, stay frozen (train/schedules.py
+    early_layers; 0 = none). At 4 that is the stem and first stage of most CNNs (detectron2's
+    FREEZE_AT = 2): generic edge and colour filters, where a step's backward pass costs most
+    (full-resolution maps). A pretrained body only."""
     lr_mult: float = 100.0
     """frozen_then_full, after the frozen phase: discriminative LRs, fastai's slice(lr/lr_mult,
     lr) over the parameter groups (fine_tune's lr_mult; 1 = one LR for all)."""
@@ -483,6 +489,8 @@ def _check_schedule(t: TrainConfig, pretrained: bool) -> None:
         raise UsageError(f"train.lr_mult must be at least 1 (1 = one LR for all), got {t.lr_mult}")
     if not 0 < t.unfreeze_fraction <= 1:
         raise UsageError(f"train.unfreeze_fraction must be in (0, 1], got {t.unfreeze_fraction}")
+    if t.frozen_stride < 0:
+        raise UsageError(f"train.frozen_stride must be >= 0 (0 = every layer trains), got {t.frozen_stride}")
     if t.unfreeze_lr_mult <= 0:
         raise UsageError(f"train.unfreeze_lr_mult must be positive, got {t.unfreeze_lr_mult}")
     if t.freeze != "frozen_then_full" and not pretrained:

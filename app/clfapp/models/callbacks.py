@@ -80,10 +80,12 @@ class ResultsCSV(Callback):
 
     def before_fit(self):
         self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds")
-        self.phase = "frozen" if self.learn.opt is not None and self._frozen() else "full"
+        self.phase = "frozen" if self._frozen() else "full"
 
     def _frozen(self) -> bool:
-        return not all(p.requires_grad for p in self.learn.model.parameters())
+        """fastai's freeze / freeze_to left parameter groups frozen (head_only, last_fraction,
+        the frozen phase); layers train.frozen_stride keeps in a full phase do not count."""
+        return self.learn.opt is not None and getattr(self.learn.opt, "frozen_idx", 0) > 0
 
     def before_epoch(self):
         self.t0 = time.perf_counter()

@@ -344,9 +344,15 @@ def measure(learn, t, lr: float, pretrained: bool) -> Speeds:
         timed = _time_batches(learn, lr, valid=not main_phase)
         frozen_s = timed[0]
     if main_phase:
-        # everything trains, except under head_only (last_fraction is timed fully unfrozen:
-        # an upper bound)
-        learn.freeze() if pretrained and t.freeze == "head_only" else learn.unfreeze()
+        # everything trains but train.frozen_stride's first layers, except under head_only
+        # (last_fraction is timed as that: an upper bound)
+        if pretrained and t.freeze == "head_only":
+            learn.freeze()
+        else:
+            learn.unfreeze()
+            if pretrained:
+                from .schedules import freeze_early
+                freeze_early(learn, t.frozen_stride)
         timed = _time_batches(learn, lr, valid=True)
     if pretrained:
         learn.freeze()   # as prepare left it: schedules.run sets each phase's own state

@@ -169,10 +169,58 @@ def _groups(learn) -> int:
 
 @freeze_policy("frozen_then_full")
 def frozen_then_full(learn, lr: float, t, after_frozen: bool):
-    """Unfreeze everything; after a frozen phase, discriminative LRs as fine_tune: fastai's
-    slice(lr / lr_mult, lr), spread geometrically from the first group to the head."""
+    """Unfreeze everything but the first layers `train.frozen_stride` keeps (freeze_early);
+    after a frozen phase, discriminative LRs as fine_tune: fastai's slice(lr / lr_mult, lr),
+    spread geometrically from the first group to the head."""
     learn.unfreeze()
+    n = freeze_early(learn, t.frozen_stride)
+    if n:
+        print(f"frozen_stride {t.frozen_stride}: the body's first {n} layers stay frozen")
     return slice(lr / t.lr_mult, lr) if after_frozen else lr
+
+
+def early_layers(model, max_stride: int, probe_size: int = 224) -> list:
+    """The body's leading layers (body_layers order) whose outputs are at most `max_stride`
+    times smaller than the input, found by one forward pass of a blank image with hooks
+    reading each layer's output size. The run ends at the first layer with a coarser map, or
+    with an output that is not an image-shaped map (a transformer's tokens); a 1x1 map inside
+    the run (squeeze-and-excitation's pooled branch) neither ends it nor leaves it."""
+    import torch
+
+    layers = body_layers(model)
+    widths = {}
+
+    def record(module, _inputs, out):
+        widths[module] = out.shape[-1] if torch.is_tensor(out) and out.dim() == 4 else None
+    hooks = [m.register_forward_hook(record) for m in layers]
+    was_training = model.training
+    param = next(model.parameters())
+    try:
+        model.eval()
+        with torch.no_grad():
+            model[0](torch.zeros(1, 3, probe_size, probe_size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    run = []
+    for m in layers:
+        w = widths.get(m)
+        if w is None or (w > 1 and probe_size / w > max_stride):
+            break
+        run.append(m)
+    return run
+
+
+def freeze_early(learn, max_stride: int) -> int:
+    """Freeze early_layers(max_stride) (their norm layers too); returns how many (0: none)."""
+    if max_stride <= 0:
+        return 0
+    layers = early_layers(learn.model, max_stride)
+    for m in layers:
+        for prm in m.parameters(recurse=False):
+            prm.requires_grad_(False)
+    return len(layers)
 
 
 @freeze_policy("head_only")
