@@ -75,12 +75,14 @@ def _wait_for(predicate, seconds: float, what: str):
 
 def test_an_interrupted_study_continues_with_its_trials(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # 30 epochs: a trial lasts long enough (several seconds) to be caught in its training; at
-    # 12 (about 2 s) a fresh-clone CI run once saw trial 1 finish before the SIGINT reached it
-    recipe = tune_recipe(tmp_path, SPACE, train={"epochs": 30})
+    # 12 epochs: a trial lasts long enough (a second or more) to be caught in its training
+    recipe = tune_recipe(tmp_path, SPACE, train={"epochs": 12})
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # SIGINT back to its default in the child: a test suite started as a background job (`cmd &`
+    # in a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([CLFAPP, "tune", str(recipe), "--trials", "2", "--pruner", "none"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     study_dir = tmp_path / "runs" / "tune-tiny"
 
     def second_trial_training():
