@@ -105,14 +105,14 @@ def main() -> None:
         print(f"{name:28s} {statistics.median(ts):8.3f} "
               f"{' '.join(f'{x:.2f}' for x in ratios):>32s} ({statistics.median(ratios):.2f}x)")
 
-    fz = [a / b for a, b in zip(times["frozen step, norms train"], times["frozen step, body fixed"])]
-    print(f"frozen step, body fixed vs norms train (train.train_bn false vs true): "
-          f"{statistics.median(fz):.2f}x faster (per round: {' '.join(f'{x:.2f}' for x in fz)})")
-
+    def speedup(label: str, slow: str, fast: str) -> None:
+        r = [a / b for a, b in zip(times[slow], times[fast])]
+        print(f"{label}: {statistics.median(r):.2f}x faster (per round: {' '.join(f'{x:.2f}' for x in r)})")
+    speedup("frozen step, body fixed vs norms train (train.train_bn false vs true)",
+            "frozen step, norms train", "frozen step, body fixed")
     for s in (128, 80):
-        r = [a / b for a, b in zip(times[f"step channels_last @{s}"], times[f"step frozen_stride 4 @{s}"])]
-        print(f"frozen_stride 4 vs every layer training @{s}: {statistics.median(r):.2f}x faster "
-              f"(per round: {' '.join(f'{x:.2f}' for x in r)})")
+        speedup(f"frozen_stride 4 vs every layer training @{s}",
+                f"step channels_last @{s}", f"step frozen_stride 4 @{s}")
 
     # progressive resizing: the main phase's mean step time along the ramp, from the sizes measured
     med = {s: statistics.median(times[f"step channels_last @{s}"]) for s in (128, 112, 96, 80)}
