@@ -46,6 +46,10 @@ class DataConfig:
     by item (matched by path); items it does not list are split by the usual rule."""
     size: int = 224
     """Square input size in pixels."""
+    test_size: int = 0
+    """Input size predict, evaluate and the end of fit use (model.json test_size); 0 = auto:
+    data.size scaled by how much training's crops and zoom enlarged objects (infer/test_size.py,
+    FixRes), which is data.size itself without crops."""
     resize: str = "squish"
     """How images are brought to `size`: squish | crop (centre) | pad."""
     sample: str = ""
@@ -386,6 +390,8 @@ def _check_ranges(cfg: Config) -> None:
                          f"got valid_pct {d.valid_pct}, test_pct {d.test_pct}")
     if d.size < 8:
         raise UsageError(f"data.size must be at least 8 pixels, got {d.size}")
+    if d.test_size and d.test_size < 8:
+        raise UsageError(f"data.test_size must be 0 (auto) or at least 8 pixels, got {d.test_size}")
     if not (d.labels == "folder" or d.labels.startswith(("csv:", "name:"))):
         raise UsageError(f"data.labels = {d.labels!r}: use 'folder', 'csv:FILE' or 'name:REGEX'")
     if t.epochs < 0 or t.freeze_epochs < 0 or t.epochs + t.freeze_epochs == 0:

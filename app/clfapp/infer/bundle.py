@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-FORMAT = 1
+FORMAT = 2
+"""2: model.json may hold test_size, which format-1 readers would ignore and predict wrong."""
 WEIGHTS, META = "weights.safetensors", "model.json"
 
 
@@ -44,9 +45,17 @@ class BundleMeta:
     before this field: TTA keeps its old behaviour, a horizontal flip."""
     tta: bool = False
     """Whether predict and evaluate use TTA when neither --tta nor --no-tta is given (aug.tta)."""
+    test_size: int = 0
+    """The size images are resized to for prediction (data.test_size, FixRes); 0 = `size`
+    (also every bundle from before the field)."""
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT
+
+    @property
+    def input_size(self) -> int:
+        """The size predict and evaluate resize images to: test_size, else the training size."""
+        return self.test_size or self.size
 
 
 def library_versions() -> dict:

@@ -57,16 +57,16 @@ def load(folder: Path, threads: int) -> Model:
         return _load_onnx(folder, threads)
     p = predict.load_predictor(folder)
     if isinstance(p, EnsemblePredictor):
-        keys = list(dict.fromkeys((m.meta.size, m.meta.resize) for m in p.members))
+        keys = list(dict.fromkeys((m.meta.input_size, m.meta.resize) for m in p.members))
 
         def run(arrays, p=p, keys=keys):
             by_key = dict(zip(keys, arrays))
-            return p.combine([m.probabilities_of(by_key[(m.meta.size, m.meta.resize)], bs=len(arrays[0]))
+            return p.combine([m.probabilities_of(by_key[(m.meta.input_size, m.meta.resize)], bs=len(arrays[0]))
                               for m in p.members])
         return Model(folder.name, "ensemble", p, keys, run,
                      sum(_torch_parameters(m.model) for m in p.members),
                      _files_bytes(folder, ("*.safetensors",)), folder)
-    return Model(folder.name, "run", p, [(p.meta.size, p.meta.resize)],
+    return Model(folder.name, "run", p, [(p.meta.input_size, p.meta.resize)],
                  lambda arrays, p=p: p.probabilities_of(arrays[0], bs=len(arrays[0])),
                  _torch_parameters(p.model), _files_bytes(folder / "model", ("*.safetensors",)), folder)
 

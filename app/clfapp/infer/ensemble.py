@@ -221,7 +221,7 @@ class EnsemblePredictor:
 
         groups: dict[tuple, list[int]] = {}
         for i, m in enumerate(self.members):
-            groups.setdefault((m.meta.size, m.meta.resize), []).append(i)
+            groups.setdefault((m.meta.input_size, m.meta.resize), []).append(i)
         out: list[list[np.ndarray]] = [[] for _ in self.members]
         kept_all = []
         starts = range(0, len(paths), bs)

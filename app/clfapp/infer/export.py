@@ -108,7 +108,7 @@ def input_groups(members: list[Member]) -> list[dict]:
     """One graph input per distinct preprocessing (size, resize), in member order."""
     groups: list[dict] = []
     for i, m in enumerate(members):
-        key = (int(m.meta.size), m.meta.resize)
+        key = (int(m.meta.input_size), m.meta.resize)
         g = next((g for g in groups if (g["size"], g["resize"]) == key), None)
         if g is None:
             g = dict(size=key[0], resize=key[1], members=[])
@@ -198,7 +198,7 @@ def describe(members: list[Member], facts: dict, groups: list[dict], opset: int,
         "label_delim": facts["label_delim"],
         "vote": facts["vote"],
         "weights": facts["weights"],
-        "members": [{"name": m.name, "arch": m.meta.arch, "weight": m.weight, "size": m.meta.size,
+        "members": [{"name": m.name, "arch": m.meta.arch, "weight": m.weight, "size": m.meta.input_size,
                      "resize": m.meta.resize, "mean": list(m.meta.mean), "std": list(m.meta.std),
                      "input": next(g["name"] for g in groups if i in g["members"])}
                     for i, m in enumerate(members)],

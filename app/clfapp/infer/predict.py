@@ -169,7 +169,7 @@ class Predictor:
         import torch
 
         loader = torch.utils.data.DataLoader(
-            _Images(paths, self.meta.size, self.meta.resize), batch_size=bs,
+            _Images(paths, self.meta.input_size, self.meta.resize), batch_size=bs,
             num_workers=workers, collate_fn=_collate)
         for idx, x in loader:
             if len(idx):

@@ -90,7 +90,7 @@ def evidence_of(predictor, items, probs, y, described: str = "", threshold: floa
     if meta.multi_label:
         from ..infer.predict import decision_thresholds
         thresholds = decision_thresholds(meta, threshold)
-    size = getattr(meta, "size", 0) or (predictor.members[0].meta.size if hasattr(predictor, "members") else 0)
+    size = getattr(meta, "input_size", 0) or (predictor.members[0].meta.input_size if hasattr(predictor, "members") else 0)
     resize = getattr(meta, "resize", "") or (predictor.members[0].meta.resize if hasattr(predictor, "members") else "squish")
     return Evidence(probs, y, list(meta.classes), bool(meta.multi_label), items["path"].tolist(),
                     thresholds, None, size, resize, predictor if single else None, described)

@@ -6,6 +6,7 @@ report.md, plots/, and the model bundle in model/.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -265,6 +266,13 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     else:
         prep = prepare(cfg, folder, resume.dataset if resume is not None else dataset)
     _check_vocab(prep.learn, prep.dataset)
+    from ..infer import test_size
+    size, why = test_size.resolved(cfg, prep.learn.model)
+    if why and resume is None:
+        print(why, flush=True)
+    if size != cfg.data.test_size:   # the value, not the rule, in config.toml (and resumes)
+        cfg = replace(cfg, data=replace(cfg.data, test_size=size))
+        (folder / "config.toml").write_text(config.dumps(cfg))
     if on_prepared is not None:
         on_prepared(prep)
     learn, t = prep.learn, cfg.train
@@ -293,7 +301,8 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         from ..infer.predict import tta_flips_for, tta_views
         plan = budget.plan(learn, t, lr, bool(prep.weights_source), t0 if started is None else started,
                            len(ds.indices("valid")) + int((ds.items["split"] == "test").sum()),
-                           views=len(tta_views(tta_flips_for(cfg.aug))) if cfg.aug.tta else 1)
+                           views=len(tta_views(tta_flips_for(cfg.aug))) if cfg.aug.tta else 1,
+                           pixel_ratio=(cfg.data.test_size / cfg.data.size) ** 2)
         if plan.changes:
             t = replace(t, **plan.changes)
             cfg = replace(cfg, train=replace(cfg.train, **plan.changes))
@@ -391,17 +400,19 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
         head_hidden=cfg.model.head_hidden, cut_blocks=cfg.model.cut_blocks,
         multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug),
-        tta=cfg.aug.tta)
+        tta=cfg.aug.tta, test_size=cfg.data.test_size)
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
-    valid = ds.indices("valid")
+    valid, pixels = _valid_at(ds, meta)
     predictor = Predictor(folder)
-    probs = predictor.probabilities_of(ds.pixels[valid], tta=cfg.aug.tta)
+    probs = predictor.probabilities_of(pixels, tta=cfg.aug.tta)
     y = ds.targets(valid)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
         report.curves_png(folder / "results.csv", folder / "plots" / "curves.png")
     seconds = time.perf_counter() - t0
-    summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {cfg.data.size} px, lr {lr:.2e}, "
+    sizes = (f"{cfg.data.size} px" if meta.input_size == cfg.data.size
+             else f"trained at {cfg.data.size} px, measured at {meta.input_size} px (data.test_size)")
+    summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {sizes}, lr {lr:.2e}, "
                f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
                + (f" (training {stopped} early)" if stopped else "")
                + (f"; figures with TTA (mean over {len(tta_views(meta.tta_flips))} views: the "
@@ -433,7 +444,7 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         extra += [report_line(m["budget"]), ""]
     from ..report.html import Evidence  # report.html's curves, top losses, Grad-CAM
     evidence = Evidence(probs, y, list(ds.classes), ds.multi_label, ds.items["path"].iloc[valid].tolist(),
-                        tuned.search.thresholds if ds.multi_label else None, ds.pixels[valid],
+                        tuned.search.thresholds if ds.multi_label else None, pixels,
                         predictor=predictor, described="the validation split")
     if ds.multi_label:
         report.write_multilabel_metrics(folder, m, f"Run {folder.name}", before=before,
@@ -442,6 +453,22 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     else:
         report.write_metrics(folder, m, ds.classes, f"Run {folder.name}", extra=extra, evidence=evidence)
     return FitResult(folder, m, keep.best_epoch, seconds, stopped, lr)
+
+
+def _valid_at(ds, meta) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, their pixels at the bundle's input size): training's decoded
+    pixels when that is the training size, else decoded again at the test size (a few ms an
+    image); an image gone unreadable since is left out, with a warning."""
+    from ..data import images
+    valid = ds.indices("valid")
+    if meta.input_size == meta.size:
+        return valid, ds.pixels[valid]
+    paths = ds.items["path"].iloc[valid].tolist()
+    pixels, ok = images.read_many(paths, meta.input_size, meta.resize, progress=False)
+    if len(ok) < len(valid):
+        print(f"warning: {len(valid) - len(ok)} validation image(s) could not be read again at "
+              f"{meta.input_size} px; measured without them", file=sys.stderr)
+    return valid[ok], pixels
 
 
 def _contiguous(model):

@@ -86,10 +86,12 @@ def epoch_seconds(s_per_batch: float, valid_s: float, n_train: int, n_valid: int
     return n_train * s_per_batch + n_valid * valid_s + overhead_s
 
 
-def reserve_seconds(valid_s_per_item: float, n_eval_items: int, views: int = 1) -> float:
+def reserve_seconds(valid_s_per_item: float, n_eval_items: int, views: int = 1,
+                    pixel_ratio: float = 1.0) -> float:
     """What the end of fit costs: measuring the saved bundle on the validation (and test)
-    images, each seen in `views` views with TTA (aug.tta), plus fixed costs (END_FIXED_S)."""
-    return END_FIXED_S + (END_PASSES - 1 + views) * valid_s_per_item * n_eval_items
+    images, each seen in `views` views with TTA (aug.tta), at `pixel_ratio` times the
+    training size's pixels (data.test_size), plus fixed costs (END_FIXED_S)."""
+    return END_FIXED_S + (END_PASSES - 1 + views) * valid_s_per_item * n_eval_items * pixel_ratio
 
 
 def plan_epochs(frozen: int, main: int, frozen_epoch_s: float, main_epoch_s: float,
@@ -375,10 +377,11 @@ def _progressive(learn):
 
 
 def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: int,
-         views: int = 1) -> Plan:
+         views: int = 1, pixel_ratio: float = 1.0) -> Plan:
     """Measure, then choose the epochs (see the module's docstring); prints the plan's line.
-    `views`: how many times the end sees each image (TTA). Raises UsageError when not even one
-    epoch fits in what is left of the budget."""
+    `views`: how many times the end sees each image (TTA), `pixel_ratio`: (test size /
+    training size)^2. Raises UsageError when not even one epoch fits in what is left of the
+    budget."""
     from . import schedules
 
     text, budget_s = t.budget, budget_seconds(t.budget)
@@ -388,7 +391,8 @@ def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: in
     main_e = epoch_seconds(speeds.train_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
     frozen_e = (epoch_seconds(speeds.frozen_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
                 if speeds.frozen_s is not None else main_e)
-    reserve = reserve_seconds(speeds.valid_s * n_valid / valid_items, n_eval_items, views)
+    reserve = reserve_seconds(speeds.valid_s * n_valid / valid_items, n_eval_items, views,
+                              pixel_ratio)
     spent = time.perf_counter() - started
     available = budget_s - spent - reserve
     if pretrained:
