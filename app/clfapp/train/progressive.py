@@ -57,12 +57,25 @@ class ProgressiveResize(Callback):
 
     def __init__(self, full: int, start_fraction: float):
         self.full, self.start_fraction = full, start_fraction
+        self.probe_size: int | None = None
+        """Set by the budget's probe to time batches at that size (budget.measure)."""
+
+    @property
+    def start_size(self) -> int:
+        """The size of a phase's first batches."""
+        return size_at(self.full, self.start_fraction, 0.0)
 
     def before_batch(self):
-        # the LR finder and the budget's timing probe (named like it) see full-size batches
-        if not self.training or hasattr(self.learn, "lr_finder"):
+        if not self.training:
             return
-        size = size_at(self.full, self.start_fraction, self.pct_train)
+        if hasattr(self.learn, "lr_finder"):
+            # the LR finder and the budget's timing probe (named like it) see full-size
+            # batches, or the size the probe asks for
+            size = self.probe_size
+            if size is None:
+                return
+        else:
+            size = size_at(self.full, self.start_fraction, self.pct_train)
         x = self.learn.xb[0]
         if x.dim() == 4 and x.shape[-1] != size:
             import torch.nn.functional as F
