@@ -81,6 +81,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)   # more curves than tab10's 10 colours
     for name, g in table.groupby("run", sort=False):
         line = g[~g["final"]]
         (l,) = ax.plot(line["minutes"], line["accuracy"], marker="o", ms=3, label=name)

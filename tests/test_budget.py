@@ -154,6 +154,14 @@ def test_ramp_batch_seconds_keeps_the_fixed_cost():
     assert budget.ramp_batch_seconds(1.0, 0.3, 1.0, 1.0) == 1.0   # no ramp
 
 
+def test_the_plan_line_shows_both_timed_sizes():
+    p = _plan()
+    p.speeds, p.ramp = budget.Speeds(0.66, 0.1, 0.5, 0.0, [0.52, 1.1]), (128, 0.625)
+    assert "0.66 s/batch measured (0.5 frozen) over the size ramp (0.52 at 80 px, 1.1 at 128 px)" in p.line()
+    p.ramp = None
+    assert "ramp" not in p.line()
+
+
 def test_epoch_estimates_follow_the_progressive_ramp():
     """With progressive resizing the guard must not predict the next, larger epoch from the
     last, smaller one: each epoch's estimate grows along the ramp and they average the phase's."""

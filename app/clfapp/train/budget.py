@@ -78,6 +78,9 @@ class Speeds:
     overhead_s: float = 0.0
     """Per-epoch cost beyond the batches: the first batch of each pass minus a steady one
     (data loader start, caches), measured."""
+    ramp_s: list[float] | None = None
+    """With progressive resizing: the main phase's (or the only phase's) seconds per batch as
+    timed at the start size and at full size, from which `train_s` is estimated."""
 
 
 def epoch_seconds(s_per_batch: float, valid_s: float, n_train: int, n_valid: int,
@@ -186,6 +189,11 @@ class Plan:
         sp = self.speeds
         speed = f"{sp.train_s:.3g} s/batch measured" + (
             f" ({sp.frozen_s:.3g} frozen)" if sp.frozen_s is not None else "")
+        if sp.ramp_s and self.ramp:
+            from .progressive import size_at
+            full, start = self.ramp
+            speed += (f" over the size ramp ({sp.ramp_s[0]:.3g} at {size_at(full, start, 0.0)} "
+                      f"px, {sp.ramp_s[1]:.3g} at {full} px)")
         f, m = self.planned
         total = self.spent_s + f * self.frozen_epoch_s + m * self.main_epoch_s + self.reserve_s
         kept = ", the recipe's" if self.planned == self.recipe else \
@@ -399,9 +407,12 @@ def measure(learn, t, lr: float, pretrained: bool) -> Speeds:
         if frozen_s is not None:
             frozen_s = ramp_batch_seconds(frozen_s, frozen_small, small, mean)
         if main_phase:
+            ramp = [train_small, train_s]
             train_s = ramp_batch_seconds(train_s, train_small, small, mean)
         else:
+            ramp = [frozen_small, timed[0]]
             train_s = frozen_s
+        return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra, ramp)
     return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra)
 
 
