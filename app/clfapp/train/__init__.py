@@ -60,6 +60,9 @@ class Prepared:
     weights_source: str
     class_weights: dict | None = None
     """{class: weight} the loss applies (loss.class_weights), or None."""
+    test_size: int = 0
+    """The size the end of fit measures at and model.json records (infer/test_size.py),
+    set by fit before training; 0 = data.size."""
 
 
 def prepare_data_path(cfg: Config) -> None:
@@ -267,12 +270,11 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         prep = prepare(cfg, folder, resume.dataset if resume is not None else dataset)
     _check_vocab(prep.learn, prep.dataset)
     from ..infer import test_size
-    size, why = test_size.resolved(cfg, prep.learn.model)
+    # config.toml keeps the rule (0 = auto), so a run's config given a new data.size follows
+    # it; the value lands in model.json, and a resumed run resolves the same one again
+    prep.test_size, why = test_size.resolved(cfg, prep.learn.model)
     if why and resume is None:
         print(why, flush=True)
-    if size != cfg.data.test_size:   # the value, not the rule, in config.toml (and resumes)
-        cfg = replace(cfg, data=replace(cfg.data, test_size=size))
-        (folder / "config.toml").write_text(config.dumps(cfg))
     if on_prepared is not None:
         on_prepared(prep)
     learn, t = prep.learn, cfg.train
@@ -302,7 +304,7 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         plan = budget.plan(learn, t, lr, bool(prep.weights_source), t0 if started is None else started,
                            len(ds.indices("valid")) + int((ds.items["split"] == "test").sum()),
                            views=len(tta_views(tta_flips_for(cfg.aug))) if cfg.aug.tta else 1,
-                           pixel_ratio=(cfg.data.test_size / cfg.data.size) ** 2)
+                           pixel_ratio=(prep.test_size / cfg.data.size) ** 2)
         if plan.changes:
             t = replace(t, **plan.changes)
             cfg = replace(cfg, train=replace(cfg.train, **plan.changes))
@@ -400,7 +402,7 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
         head_hidden=cfg.model.head_hidden, cut_blocks=cfg.model.cut_blocks,
         multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug),
-        tta=cfg.aug.tta, test_size=cfg.data.test_size)
+        tta=cfg.aug.tta, test_size=prep.test_size)
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid, pixels = _valid_at(ds, meta)
     predictor = Predictor(folder)
