@@ -50,17 +50,13 @@ def resolved(cfg, model) -> tuple[int, str]:
     One forward pass of a blank image at that size checks the net takes it: an arch with a
     fixed input grid (a ViT's patch embedding) keeps data.size when the size was automatic,
     and an explicit data.test_size it cannot take is a usage error before any training."""
-    import torch
-
     from ..errors import UsageError
+    from ..models import blank_pass
     size, chosen = cfg.data.size, test_size_for(cfg)
     if chosen == size:
         return size, ""
-    was_training = model.training
     try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            model.eval()(torch.zeros(1, 3, chosen, chosen, device=device))
+        blank_pass(model, chosen)
     except Exception as e:  # noqa: BLE001 (the arch's own complaint, whatever its type)
         if cfg.data.test_size:
             raise UsageError(f"data.test_size = {chosen}: {cfg.model.arch} takes only "
@@ -68,8 +64,6 @@ def resolved(cfg, model) -> tuple[int, str]:
                              f"--set data.test_size or set it to {size}")
         return size, (f"test size {size} px, as trained: {cfg.model.arch} takes no other input "
                       "size, so the larger one training's crops call for is not used")
-    finally:
-        model.train(was_training)
     if cfg.data.test_size:
         return chosen, f"test size {chosen} px (data.test_size), trained at {size} px"
     return chosen, (f"test size {chosen} px: training's crops and zoom show objects "

@@ -221,20 +221,29 @@ def build(arch: Arch, n_out: int, dropout: float = 0.5, concat_pool: bool = True
     return model, splitter
 
 
+def blank_pass(module, size: int):
+    """`module`'s output for one blank `size` x `size` image, in eval mode without gradients,
+    its train mode put back: the shape checks made before training (check_input, the test
+    size, schedules.early_layers)."""
+    import torch
+
+    param = next(module.parameters())
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            return module.eval()(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))
+    finally:
+        module.train(was_training)
+
+
 def check_input(model, arch: str, size: int) -> None:
     """One forward pass of a blank image at `size`: a net that shrinks it to nothing (alexnet
     below 63 px) is refused in one line before training, not with a stack trace in epoch 1."""
-    import torch
-
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
+        blank_pass(model, size)
     except RuntimeError as e:
         raise UsageError(f"data.size = {size} is too small for {arch} (raise --size): "
                          f"{str(e).splitlines()[0]}")
-    finally:
-        model.train(was_training)
 
 
 def n_parameters(model) -> int:

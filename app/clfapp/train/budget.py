@@ -350,9 +350,10 @@ def ramp_batch_seconds(full_s: float, small_s: float, small_pixels: float,
     size (`full_s`) and one at the ramp's start size (`small_s`, `small_pixels` of the full
     size's pixel count): a fixed part (the optimizer step, the batch's augmentation, the
     loader) plus a part proportional to the pixels, averaged over the ramp (`mean_pixels`).
-    Taken as all proportional, plants' 80 px batches were planned at 0.39 of a 128 px one; timed,
-    they take 0.54 (0.822 s against 1.52, frozen_stride 4), and a 1+18 plan ran 23% long. Noise that makes the small batch look dearer than the
-    full one leaves the full size's seconds."""
+    Taken as all proportional, plants' 80 px batches were planned at 0.39 of a 128 px one;
+    timed, they take 0.54 (0.822 s against 1.52, frozen_stride 4), and a 1+18 plan ran 23%
+    long. Noise that makes the small batch look dearer than the full one leaves the full
+    size's seconds."""
     if small_pixels >= 1:
         return full_s
     per_pixel = max(0.0, (full_s - small_s) / (1 - small_pixels))
@@ -400,20 +401,16 @@ def measure(learn, t, lr: float, pretrained: bool) -> Speeds:
     if pretrained:
         learn.freeze()   # as prepare left it: schedules.run sets each phase's own state
     train_s, valid_s, train_extra, valid_extra = timed
+    ramp = None
     if resize is not None:   # the phases train smaller batches than the full size
         from .progressive import cost_fraction
         mean = cost_fraction(resize.full, resize.start_fraction)
         small = (resize.start_size / resize.full) ** 2
         if frozen_s is not None:
             frozen_s = ramp_batch_seconds(frozen_s, frozen_small, small, mean)
-        if main_phase:
-            ramp = [train_small, train_s]
-            train_s = ramp_batch_seconds(train_s, train_small, small, mean)
-        else:
-            ramp = [frozen_small, timed[0]]
-            train_s = frozen_s
-        return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra, ramp)
-    return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra)
+        ramp = [train_small if main_phase else frozen_small, train_s]
+        train_s = ramp_batch_seconds(train_s, ramp[0], small, mean) if main_phase else frozen_s
+    return Speeds(train_s, valid_s, frozen_s, train_extra + valid_extra, ramp)
 
 
 def _progressive(learn):

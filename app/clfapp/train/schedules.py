@@ -187,22 +187,18 @@ def early_layers(model, max_stride: int, probe_size: int = 224) -> list:
     the run (squeeze-and-excitation's pooled branch) neither ends it nor leaves it."""
     import torch
 
+    from ..models import blank_pass
     layers = body_layers(model)
     widths = {}
 
     def record(module, _inputs, out):
         widths[module] = out.shape[-1] if torch.is_tensor(out) and out.dim() == 4 else None
     hooks = [m.register_forward_hook(record) for m in layers]
-    was_training = model.training
-    param = next(model.parameters())
     try:
-        model.eval()
-        with torch.no_grad():
-            model[0](torch.zeros(1, 3, probe_size, probe_size, device=param.device, dtype=param.dtype))
+        blank_pass(model[0], probe_size)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     run = []
     for m in layers:
         w = widths.get(m)
