@@ -200,6 +200,7 @@ def _check_best_kept(run: Path) -> tuple[dict, pd.DataFrame]:
     return m, results
 
 
+@pytest.mark.slow  # wall-clock budget: timing-sensitive
 def test_fit_fills_a_tiny_budget_and_ends_within_it(cli, work):
     write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 1000})
     result, wall = _timed(cli, "fit", "tiny.toml", "--budget", "25s", "--name", "b")
@@ -238,6 +239,7 @@ def _underestimate(monkeypatch):
     monkeypatch.setattr(budget, "measure", lambda *a, **k: budget.Speeds(1e-5, 1e-5, 1e-5, 0.0))
 
 
+@pytest.mark.slow  # wall-clock budget: timing-sensitive
 def test_guard_stops_when_the_speed_was_misjudged(cli, work, monkeypatch):
     _underestimate(monkeypatch)
     write_recipe(work / "tiny.toml", "data/shapes", train={"epochs": 500})
@@ -252,6 +254,7 @@ def test_guard_stops_when_the_speed_was_misjudged(cli, work, monkeypatch):
     assert "stopped by the budget" in (Path("runs/g") / "report.md").read_text()
 
 
+@pytest.mark.slow  # wall-clock budget: timing-sensitive
 def test_guard_stop_in_the_frozen_phase_skips_the_main_phase(cli, work, monkeypatch):
     _underestimate(monkeypatch)
     write_recipe(work / "tiny.toml", "data/shapes",

@@ -37,6 +37,7 @@ def _rows(run: Path) -> list[list[str]]:
     return [line.split(",")[:-1] for line in (run / "results.csv").read_text().splitlines()]
 
 
+@pytest.mark.slow  # two training processes side by side
 def test_two_deterministic_runs_are_identical(work):
     """Two processes (two commands, run side by side): the same metrics.json (minus its
     timing), epoch rows, per-step losses and weights, bit for bit."""

@@ -44,6 +44,7 @@ def _cross_entropy(run: Path) -> tuple[float, int]:
     return float(-np.log(probs[np.arange(len(y)), y]).mean()), len(y)
 
 
+@pytest.mark.slow  # two training processes: timing-sensitive under a parallel run
 def test_two_processes_write_one_run_with_whole_validation_figures(work, cli):
     r = _fit_processes(work, "tiny.toml", "--processes", "2")
     assert r.returncode == 0, r.stdout + r.stderr

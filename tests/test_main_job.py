@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from clfapp.cli.main import app
@@ -11,6 +12,7 @@ from clfapp.cli.main import app
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # trains the README's main job to its accuracy (about 35 s)
 def test_fit_digits_recipe_reaches_097(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)

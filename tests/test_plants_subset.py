@@ -25,6 +25,7 @@ def test_shared_datasets_path_is_beside_the_repo():
     assert SHARED_DATASETS == REPO.parent / "shared" / "datasets"
 
 
+@pytest.mark.slow  # real photos from ../shared/datasets
 def test_plants_subset_fits_above_chance(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "plants"

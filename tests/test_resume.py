@@ -131,6 +131,7 @@ app()
 """
 
 
+@pytest.mark.slow  # kills a run mid-epoch: timing-sensitive
 def test_sigkill_mid_epoch_then_resume_ends_as_an_uninterrupted_run(work, refs, monkeypatch):
     monkeypatch.chdir(work)
     kill_in = 3   # the second epoch of the unfrozen phase: resumes inside a one-cycle

@@ -73,6 +73,7 @@ def _wait_for(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow  # sends SIGINT mid-trial: timing-sensitive
 def test_an_interrupted_study_continues_with_its_trials(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # 12 epochs: a trial lasts long enough (a second or more) to be caught in its training
@@ -127,6 +128,7 @@ def two_workers(tmp_path_factory):
     return root, recipe, outs
 
 
+@pytest.mark.slow  # two tune processes side by side
 def test_two_workers_share_one_study_without_duplicates(two_workers):
     root, _, outs = two_workers
     trials = load_study(root).trials
@@ -141,6 +143,7 @@ def test_two_workers_share_one_study_without_duplicates(two_workers):
     assert board[0].startswith("trial,state,accuracy,") and len(board) == 6
 
 
+@pytest.mark.slow  # needs two_workers' study: two tune processes side by side
 def test_the_best_recipe_round_trips_through_fit(two_workers, cli, monkeypatch):
     root, _, _ = two_workers
     monkeypatch.chdir(root)
@@ -161,6 +164,7 @@ def test_the_best_recipe_round_trips_through_fit(two_workers, cli, monkeypatch):
         assert (root / "runs" / "tune-tiny" / "plots" / f"{plot}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a whole grid of tiny fits
 def test_grid_runs_every_point_once_and_pruning_stops_losers(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # lr 1e-6 cannot learn, 1e-2 separates the colours within 3 epochs. The grid's seeded order

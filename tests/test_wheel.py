@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 
@@ -17,6 +19,7 @@ def _run(args, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow  # builds and installs a wheel, then fits
 def test_wheel_finds_its_recipes_and_fits_from_another_folder(tmp_path):
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()
