@@ -1,11 +1,13 @@
 """A 3-epoch fit on multi-megapixel JPEGs: clfapp (decodes each image once, into its on-disk
 cache, with libjpeg's reduced-scale decoding) against a plain fastai script that decodes the
-originals every epoch. One whole fit per call, so farm-bench can pair them:
+originals every epoch. One whole fit per call, so that pairs of calls can be timed side by side
+(alternate them, and compare the pairs' ratios, not single runs):
 
     python bench/scale_make.py --small 0 --big 300       # 300 JPEGs of 3000 x 3000 px under /tmp
-    farm-bench -n 2 --warmup 0 --timeout 3600 \
-        --vs '.venv/bin/python bench/scale_fit_vs_fastai.py fastai' \
-        -- .venv/bin/python bench/scale_fit_vs_fastai.py clfapp
+    for i in 1 2 3; do
+        .venv/bin/python bench/scale_fit_vs_fastai.py clfapp
+        .venv/bin/python bench/scale_fit_vs_fastai.py fastai
+    done
 
 Same settings on both sides: the 12 class folders under --data, a seeded random 20 % held out,
 resnet10t from scratch at 64 px, squished with bicubic resampling, horizontal flips only,

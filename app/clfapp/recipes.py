@@ -3,7 +3,7 @@
 A name is looked up in `./recipes/` of the current folder first (a user's own recipes, which
 may shadow a shipped one), then among the recipes shipped inside the package (the
 repository's top-level `recipes/`, installed as `clfapp.builtin_recipes`). Any path to a .toml file
-works too. A recipe's relative `data.path` is read from the current folder (see README).
+works too. A recipe's relative `data.path` is read from the current folder (see docs/recipes.md).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def layout_hint(path: Path) -> str:
     `fit` and `lr-find` into the error when the data path is missing ("" when it has none).
 
     A comment, not a config key: the expected layout describes the recipe's dataset, it is no
-    setting of a run (see README, "Recipes and configuration")."""
+    setting of a run (see docs/recipes.md)."""
     for line in path.read_text().splitlines():
         text = line.lstrip("#").strip()
         if line.startswith("#") and text.lower().startswith("layout:"):
