@@ -4,8 +4,8 @@ A section's body is a list of blocks (dicts with a "kind"): paragraphs, notes, h
 pictures, grids of captioned thumbnails, preformatted text and bullet lists. They hold only text
 and numbers, never HTML: templates/blocks.html draws each kind, and Jinja2's autoescape escapes
 every value, so a class, file or run name holding `<`, `"`, `&` or `'` is shown as written and
-cannot break or inject into the page. The one thing passed through as-is is a picture's `src`,
-a data URI (base64 PNG) made here from bytes clfapp drew itself (see `data_uri`).
+cannot break or inject into the page. Nothing is marked safe: a picture's `src` is a data URI
+(base64 PNG, `data_uri`) of bytes clfapp drew itself, which escaping leaves unchanged.
 
 Rich text (a paragraph, a heading, a caption) is a list of spans, (style, text) pairs: style ""
 is plain text, "b" bold, "code" code, "good"/"bad" coloured, "br" a line break (text unused).
@@ -44,14 +44,17 @@ def note(text: str) -> dict:
 
 
 def heading(level: int, *parts) -> dict:
+    """A heading of rich text; level 3 under a section's own (2)."""
     return {"kind": "h", "level": level, "spans": spans(*parts)}
 
 
 def pre(text: str) -> dict:
+    """Text shown as it is, line by line, in a fixed-width font (a config file)."""
     return {"kind": "pre", "text": text}
 
 
 def bullets(items: list[str]) -> dict:
+    """A bulleted list of plain lines."""
     return {"kind": "ul", "lines": list(items)}
 
 
