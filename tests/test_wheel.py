@@ -1,10 +1,12 @@
 """A regular install (a wheel, not the editable source tree) works from any folder: it finds
-its recipes and trains the embedded default."""
+its recipes and report templates and trains the embedded default."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,24 @@ def test_wheel_finds_its_recipes_and_fits_from_another_folder(tmp_path):
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # The build uses the test environment's setuptools: no network needed.
-    _run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
+    # Built from a clean copy of what the build reads: in the checkout, an earlier build's
+    # build/ and *.egg-info (SOURCES.txt) would put files into the wheel that pyproject no
+    # longer ships. The build uses the test environment's setuptools: no network needed.
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in ("app", "recipes"):
+        shutil.copytree(REPO / part, source / part, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    _run(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
          tmp_path, env)
     wheel = next(dist.glob("clfapp-*.whl"))
+    templates = REPO / "app" / "clfapp" / "report" / "templates"
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    data_files = [p for p in templates.iterdir() if p.suffix in (".html", ".css")]
+    assert len(data_files) >= 3                                   # page, blocks, report at least
+    for p in data_files:   # package-data: without it the wheel has the code but no page layouts
+        assert f"clfapp/report/templates/{p.name}" in shipped, f"{p.name} is not in the wheel"
     _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, env)
 
     env = dict(env, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
@@ -41,6 +57,8 @@ def test_wheel_finds_its_recipes_and_fits_from_another_folder(tmp_path):
     _run(["-m", "clfapp", "fit", "digits", "--epochs", "1", "--name", "one"], work, env)
     assert (work / "data" / "digits").is_dir()                     # the sample is made here
     assert (work / "runs" / "one" / "model" / "model.json").is_file()
+    page = (work / "runs" / "one" / "report.html").read_text()   # drawn from the wheel's templates
+    assert '<section id="summary">' in page and '<section id="per-class">' in page
 
 
 def test_a_recipe_in_the_current_folder_shadows_a_shipped_one(cli, tmp_path, monkeypatch):

@@ -181,7 +181,7 @@ def compare(folders: list[Path], out: Path) -> Path:
     out/curves.png, out/report.html, out/report.md and out/runs.csv. Returns report.html."""
     import pandas as pd
 
-    from . import _pyplot, html
+    from . import _pyplot, blocks, html
 
     if len(folders) < 2:
         raise UsageError("--compare needs at least two runs")
@@ -228,9 +228,9 @@ def compare(folders: list[Path], out: Path) -> Path:
           *(markdown_table(dcols, drows) if drows else ["The configs are the same."]), ""]
     html.atomic_write(out / "report.md", "\n".join(md))
     html.write_page(out, f"Runs compared: {names}", [
-        ("table", "Runs", html.markdown_to_html(markdown_table(cols, rows))),
-        ("curves", "Curves side by side", html._img_file(out / "curves.png", "curves side by side")),
-        ("config-diff", "Config differences",
-         html.markdown_to_html(markdown_table(dcols, drows)) if drows else "<p>The configs are the same.</p>"),
+        ("table", "Runs", [blocks.table(cols, rows)]),   # not via markdown: a cell may hold a |
+        ("curves", "Curves side by side", blocks.image_file(out / "curves.png", "curves side by side")),
+        ("config-diff", "Config differences", [blocks.table(dcols, drows) if drows
+                                               else blocks.para("The configs are the same.")]),
     ])
     return out / "report.html"

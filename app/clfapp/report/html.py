@@ -4,6 +4,10 @@ Every picture is embedded as a base64 PNG data URI and the styles are inline, so
 opens from disk, mailed or copied anywhere, with no network. It is written atomically (a
 temporary file, then os.replace): a reader never sees half a page.
 
+This module computes what the page shows (figures, tables, captions) as plain data, the blocks
+of report/blocks.py; the Jinja2 templates in report/templates/ draw it as HTML, escaping every
+value (a class or file name holding `<`, `"` or `&` is shown as written).
+
 Sections (their `id`s are stable, tests and links use them): summary, config, data, curves,
 schedule, lr-find, metrics, confusion, roc-pr, per-class, top-losses, confused, gradcam, and
 thresholds for multi-label models. A section that has nothing to show says why (e.g. an
@@ -16,18 +20,18 @@ predictions on the items the figures were measured on (for a run: its validation
 """
 from __future__ import annotations
 
-import base64
-import html as _html
 import io
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .blocks import (BR, bullets, data_uri, figure, from_markdown, grid, heading, image_file, note,
+                     para, pre, section, table)
 
 FILE = "report.html"
 TOP_LOSSES = 12
@@ -120,7 +124,7 @@ def write(folder: Path, m: dict, classes: list[str], title: str, extra=(), evide
     folder = Path(folder)
     plots = folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    page = _Page(folder, title)
+    sections = []
     md: list[str] = []
     ctx = dict(folder=folder, m=m, classes=classes, ev=evidence, multi=multi_label, keys=keys,
                before=before, md=md, extra=list(extra))
@@ -134,73 +138,20 @@ def write(folder: Path, m: dict, classes: list[str], title: str, extra=(), evide
             body = build(ctx)
         except Exception as e:  # noqa: BLE001  (the report is never why a run fails)
             print(f"warning: report.html section {sid}: {type(e).__name__}: {e}", file=sys.stderr)
-            body = _note(f"could not be drawn: {type(e).__name__}: {e}")
-        page.section(sid, body)
-    atomic_write(folder / FILE, page.render(time.perf_counter() - t0))
+            body = [note(f"could not be drawn: {type(e).__name__}: {e}")]
+        sections.append(section(sid, SECTIONS[sid], body))
+    _write_html(folder, title, sections, time.perf_counter() - t0)
     return md
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-def _esc(text) -> str:
-    return _html.escape(str(text), quote=True)
-
-
-class _Page:
-    def __init__(self, folder: Path, title: str):
-        self.folder, self.title, self.parts, self.ids = folder, title, [], []
-
-    def section(self, sid: str, body: str, heading: str | None = None) -> None:
-        self.ids.append(sid)
-        self.parts.append(f'<section id="{sid}"><h2>{_esc(heading or SECTIONS.get(sid, sid))}</h2>\n'
-                          f'{body}\n</section>')
-
-    def render(self, seconds: float = 0.0) -> str:
-        nav = " · ".join(f'<a href="#{s}">{_esc(SECTIONS.get(s, s))}</a>' for s in self.ids)
-        stamp = time.strftime("%Y-%m-%d %H:%M")
-        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-                f"<title>{_esc(self.title)}</title><style>{CSS}</style></head><body>\n"
-                f"<header><h1>{_esc(self.title)}</h1><nav>{nav}</nav></header>\n<main>\n"
-                + "\n".join(self.parts)
-                + f"\n</main><footer>clfapp report, {_esc(self.folder.name)}, written {stamp}"
-                + (f" in {seconds:.1f} s" if seconds else "") + ".</footer>\n</body></html>\n")
-
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:14px 28px}header h1{margin:0 0 6px;font-size:22px}
-nav a{color:#b9c6ff;text-decoration:none;font-size:13px}nav a:hover{text-decoration:underline}
-main{max-width:1180px;margin:0 auto;padding:8px 28px 28px}
-section{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:6px 20px 16px;margin:16px 0}
-h2{font-size:18px;border-bottom:1px solid #eceef2;padding-bottom:6px}h3{font-size:15px;margin:14px 0 6px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #e1e4ea;padding:3px 9px;text-align:right}
-th{background:#f0f2f6}td:first-child,th:first-child,td.t{text-align:left}
-pre{background:#f6f7f9;border:1px solid #e1e4ea;padding:10px;overflow:auto;font-size:12px;max-height:420px}
-img.plot{max-width:100%;height:auto;display:block;margin:8px 0}
-.grid{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;width:150px;font-size:11px;text-align:center}figure.wide{width:286px}
-figure img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee;border-radius:4px}
-figcaption{margin-top:3px;word-break:break-word}.bad{color:#b3261e}.good{color:#1b7a3a}
-.note{color:#6a7180;font-style:italic}footer{color:#8a909c;font-size:12px;text-align:center;padding:0 0 20px}
-"""
+def _write_html(folder: Path, title: str, sections: list[dict], seconds: float = 0.0) -> None:
+    from . import templates
+    page = templates.render("report.html", title=title, sections=sections, folder_name=Path(folder).name,
+                            stamp=time.strftime("%Y-%m-%d %H:%M"), seconds=seconds)
+    atomic_write(Path(folder) / FILE, page)
 
 
 # ---- pictures ---------------------------------------------------------------------------
-
-def _uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _img_file(path: Path, alt: str) -> str:
-    """An <img> of a PNG file, embedded; "" when the file does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return ""
-    return f'<img class="plot" alt="{_esc(alt)}" src="{_uri(path.read_bytes())}">'
-
 
 def _png_of(pixels: np.ndarray, side: int = THUMB) -> bytes:
     """A thumbnail PNG: small images are enlarged (pixel-sharp), large ones reduced."""
@@ -214,10 +165,11 @@ def _png_of(pixels: np.ndarray, side: int = THUMB) -> bytes:
     return buf.getvalue()
 
 
-def _thumb(pixels, caption_html: str, wide: bool = False) -> str:
+def _thumb(pixels, caption: list, wide: bool = False) -> dict:
+    """A figure of one image (or several side by side: Grad-CAM's image and map) and a caption
+    (rich text, blocks.spans)."""
     imgs = pixels if isinstance(pixels, list) else [pixels]
-    tags = "".join(f'<img alt="image" src="{_uri(_png_of(p))}">' for p in imgs)
-    return f'<figure class="{"wide" if wide else ""}">{tags}<figcaption>{caption_html}</figcaption></figure>'
+    return figure([data_uri(_png_of(p)) for p in imgs], caption, wide)
 
 
 def _grid_png(tiles: list[np.ndarray], path: Path, cols: int = 6, side: int = THUMB) -> None:
@@ -243,77 +195,15 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-# ---- tables -----------------------------------------------------------------------------
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "n/a"
-    if isinstance(v, (float, np.floating)):
-        if v != 0 and abs(v) < 0.01:
-            return f"{v:.2e}"    # learning rates
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
-def _table(header: list, rows: list[list], raw: bool = False) -> str:
-    cell = (lambda v: str(v)) if raw else (lambda v: _esc(_fmt(v)))
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{'' if _numeric(v) else ' class=t'}>{cell(v)}</td>" for v in r)
-                   + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _numeric(v) -> bool:
-    if isinstance(v, (int, float, np.number)) or v is None:
-        return True
-    return bool(re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?|n/a", str(v).strip()))
-
-
-def markdown_to_html(lines) -> str:
-    """The little markdown report.md's extra lines use: headings, pipe tables, paragraphs,
-    `code`, **bold**."""
-    out, table = [], []
-
-    def flush():
-        if table:
-            rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in table
-                    if not re.fullmatch(r"\|?[\s|:-]+\|?", r.strip())]
-            if rows:
-                out.append(_table(rows[0], rows[1:]))
-            table.clear()
-    for line in lines:
-        s = str(line).strip()
-        if s.startswith("|"):
-            table.append(s)
-            continue
-        flush()
-        if not s:
-            continue
-        if s.startswith("#"):
-            level = min(len(s) - len(s.lstrip("#")) + 1, 4)
-            out.append(f"<h{level}>{_inline(s.lstrip('#').strip())}</h{level}>")
-        else:
-            out.append(f"<p>{_inline(s)}</p>")
-    flush()
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    text = _esc(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-
-
 # ---- sections ---------------------------------------------------------------------------
 
-def _summary(c) -> str:
+def _summary(c) -> list[dict]:
     m, ev = c["m"], c["ev"]
-    lines = [x for x in c["extra"]]
-    body = markdown_to_html(lines)
+    body = from_markdown(c["extra"])
     if ev is not None and ev.described:
-        body += f"<p>Curves, top losses and Grad-CAM below: on {_esc(ev.described)} ({len(ev.probs)} images).</p>"
+        body.append(para(f"Curves, top losses and Grad-CAM below: on {ev.described} ({len(ev.probs)} images)."))
     if m.get("stopped"):
-        body += f'<p class="bad">Training stopped early: {_esc(m["stopped"])}.</p>'
+        body.append(para(f"Training stopped early: {m['stopped']}.", cls="bad"))
     return body
 
 
@@ -326,12 +216,12 @@ def _find(folder: Path, *names: str) -> Path | None:
     return None
 
 
-def _config(c) -> str:
+def _config(c) -> list[dict]:
     f = _find(c["folder"], "config.toml", "ensemble.json")
     if f is None:
-        return _note("no config.toml or ensemble.json recorded here")
+        return [note("no config.toml or ensemble.json recorded here")]
     whose = "" if f.parent == c["folder"] else f" (of the run measured, {f.parent.name})"
-    return f"<p><code>{_esc(f.name)}</code>{_esc(whose)}:</p><pre>{_esc(f.read_text())}</pre>"
+    return [para(("code", f.name), f"{whose}:"), pre(f.read_text())]
 
 
 def _label_delim(folder: Path) -> str:
@@ -343,7 +233,7 @@ def _label_delim(folder: Path) -> str:
         return " "
 
 
-def _data(c) -> str:
+def _data(c) -> list[dict]:
     import pandas as pd
     folder, classes, ev = c["folder"], c["classes"], c["ev"]
     parts = []
@@ -352,45 +242,46 @@ def _data(c) -> str:
         items = pd.read_csv(f, dtype=str, keep_default_na=False)
         splits = [s for s in ("train", "valid", "test") if (items["split"] == s).any()]
         sizes = {s: int((items["split"] == s).sum()) for s in splits}
-        parts.append("<p>Split sizes: " + ", ".join(f"{s} <b>{n}</b>" for s, n in sizes.items())
-                     + f" (<code>{_esc(f.relative_to(f.parent.parent))}</code>).</p>")
+        sizes_text = [x for k, (s, n) in enumerate(sizes.items())
+                      for x in ([", "] if k else []) + [f"{s} ", ("b", str(n))]]
+        parts.append(para("Split sizes: ", *sizes_text, " (", ("code", str(f.relative_to(f.parent.parent))), ")."))
         if "labels" in items.columns:
             delim = _label_delim(folder)
             sets = items["labels"].map(lambda t: set(x for x in t.split(delim) if x))
             rows = [[cl, *(int(sum(cl in s for s in sets[items["split"] == sp])) for sp in splits)]
                     for cl in classes]
             rows.append(["(no label)", *(int(sum(not s for s in sets[items["split"] == sp])) for sp in splits)])
-            parts.append(_table(["label (images with it)", *splits], rows))
+            parts.append(table(["label (images with it)", *splits], rows))
         elif "label" in items.columns:
             counts = items.groupby(["label", "split"]).size().unstack(fill_value=0)
             rows = [[cl, *(int(counts.loc[cl, sp]) if cl in counts.index and sp in counts.columns else 0
                            for sp in splits)] for cl in classes]
-            parts.append(_table(["class", *splits], rows))
+            parts.append(table(["class", *splits], rows))
     if ev is not None:
         n = ev.y.sum(axis=0) if ev.multi_label else np.bincount(ev.y, minlength=len(ev.classes))
-        parts.append(f"<p>Measured on {_esc(ev.described or 'the items given')}: {len(ev.probs)} images; "
-                     + ", ".join(f"{_esc(cl)} {int(k)}" for cl, k in zip(ev.classes, n)) + ".</p>")
-    return "\n".join(parts) or _note("no splits.csv and no predictions recorded here")
+        parts.append(para(f"Measured on {ev.described or 'the items given'}: {len(ev.probs)} images; "
+                          + ", ".join(f"{cl} {int(k)}" for cl, k in zip(ev.classes, n)) + "."))
+    return parts or [note("no splits.csv and no predictions recorded here")]
 
 
-def _curves(c) -> str:
+def _curves(c) -> list[dict]:
     import pandas as pd
     folder = c["folder"]
     results = folder / "results.csv"
     if not results.is_file():
-        return _note("no training here (results.csv is written by fit)")
+        return [note("no training here (results.csv is written by fit)")]
     df = pd.read_csv(results)
-    body = _img_file(folder / "plots" / "curves.png", "loss and metric curves")
-    body += _img_file(folder / "plots" / "curves_full.png", "curves of the train+valid retraining")
-    return body + _table(list(df.columns), df.values.tolist())
+    return [*image_file(folder / "plots" / "curves.png", "loss and metric curves"),
+            *image_file(folder / "plots" / "curves_full.png", "curves of the train+valid retraining"),
+            table(list(df.columns), df.values.tolist())]
 
 
-def _schedule(c) -> str:
+def _schedule(c) -> list[dict]:
     import pandas as pd
     folder = c["folder"]
     steps = folder / "steps.csv"
     if not steps.is_file():
-        return _note("no training here (steps.csv, written by fit, has the LR and momentum of every step)")
+        return [note("no training here (steps.csv, written by fit, has the LR and momentum of every step)")]
     df = pd.read_csv(steps)
     plt = _pyplot()
     has_mom = "mom" in df and df["mom"].notna().any()
@@ -407,40 +298,41 @@ def _schedule(c) -> str:
             ax.axvline(s, color="#ccc", linewidth=0.8, zorder=0)
     _save(fig, folder / "plots" / "schedule.png")
     c["md"] += ["![learning rate and momentum per step](plots/schedule.png)", ""]
-    return (_img_file(folder / "plots" / "schedule.png", "learning rate and momentum per step")
-            + f"<p>{len(df)} training steps; grey lines mark the epochs.</p>")
+    return [*image_file(folder / "plots" / "schedule.png", "learning rate and momentum per step"),
+            para(f"{len(df)} training steps; grey lines mark the epochs.")]
 
 
-def _lr_find(c) -> str:
+def _lr_find(c) -> list[dict]:
     folder = c["folder"]
     png = _find(folder, "plots/lr_find.png")
     if png is None and not (folder / "results.csv").is_file():
-        return _note("no training here (fit with train.lr = 'auto' runs the LR finder)")
+        return [note("no training here (fit with train.lr = 'auto' runs the LR finder)")]
     if png is None:
-        return _note("the LR finder was not run (train.lr was given, not 'auto')")
-    body = _img_file(png, "LR finder: loss against learning rate")
+        return [note("the LR finder was not run (train.lr was given, not 'auto')")]
+    body = image_file(png, "LR finder: loss against learning rate")
     js = png.parent.parent / "lr_find.json"
     if js.is_file():
         sug = json.loads(js.read_text()).get("suggestions", {})
-        body += _table(["suggestion", "learning rate"], [[k, f"{v:.2e}"] for k, v in sug.items()])
+        body.append(table(["suggestion", "learning rate"], [[k, f"{v:.2e}"] for k, v in sug.items()]))
     return body
 
 
-def _metrics(c) -> str:
+def _metrics(c) -> list[dict]:
     m, keys, before = c["m"], c["keys"], c["before"] or c["m"].get("at_0_5")
-    if before:
-        body = _table(["metric", "at 0.5", "at tuned thresholds"], [[k, before.get(k), m.get(k)] for k in keys])
-    else:
-        body = _table(["metric", "value"], [[k, m.get(k)] for k in keys])
-    if m.get("split_note"):
-        body = f"<p>On the {_esc(m['split_note'])}.</p>" + body
+    body = [para(f"On the {m['split_note']}.")] if m.get("split_note") else []
+    body.append(_metric_table(m, before, keys))
     v = m.get("valid")
     if v:
-        vb = v.get("at_0_5")
-        body += "<h3>Validation split</h3><p>Also used to choose the best epoch: optimistic.</p>"
-        body += (_table(["metric", "at 0.5", "at tuned thresholds"], [[k, vb.get(k), v.get(k)] for k in keys])
-                 if vb else _table(["metric", "value"], [[k, v.get(k)] for k in keys]))
+        body += [heading(3, "Validation split"), para("Also used to choose the best epoch: optimistic."),
+                 _metric_table(v, v.get("at_0_5"), keys)]
     return body
+
+
+def _metric_table(m: dict, before: dict | None, keys) -> dict:
+    """The metrics `keys` of `m`, next to their values at 0.5 when thresholds were tuned."""
+    if before:
+        return table(["metric", "at 0.5", "at tuned thresholds"], [[k, before.get(k), m.get(k)] for k in keys])
+    return table(["metric", "value"], [[k, m.get(k)] for k in keys])
 
 
 def _confusion_counts(c) -> np.ndarray | None:
@@ -448,25 +340,25 @@ def _confusion_counts(c) -> np.ndarray | None:
     return None if cm is None else np.asarray(cm)
 
 
-def _confusion(c) -> str:
+def _confusion(c) -> list[dict]:
     folder, classes = c["folder"], c["classes"]
     if c["multi"]:
         return _multilabel_confusion(c)
     cm = _confusion_counts(c)
     if cm is None:
-        return _note("no confusion matrix recorded")
+        return [note("no confusion matrix recorded")]
     from . import confusion_matrix_png
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     _normalised_png(norm, classes, folder / "plots" / "confusion_matrix_norm.png")
     c["md"] += ["![confusion matrix, row-normalised](plots/confusion_matrix_norm.png)", ""]
     if not (folder / "plots" / "confusion_matrix.png").is_file():
         confusion_matrix_png(cm.tolist(), classes, folder / "plots" / "confusion_matrix.png")
-    return ('<p>Rows: true class; columns: predicted. Left: counts; right: each row divided by '
-            'its total (the diagonal is each class\'s recall).</p><div class="grid">'
-            + _img_file(folder / "plots" / "confusion_matrix.png", "confusion matrix, counts")
-            .replace('class="plot"', 'class="plot" style="max-width:49%"')
-            + _img_file(folder / "plots" / "confusion_matrix_norm.png", "confusion matrix, row-normalised")
-            .replace('class="plot"', 'class="plot" style="max-width:49%"') + "</div>")
+    half = "max-width:49%"    # the two side by side
+    return [para("Rows: true class; columns: predicted. Left: counts; right: each row divided by "
+                 "its total (the diagonal is each class's recall)."),
+            grid([*image_file(folder / "plots" / "confusion_matrix.png", "confusion matrix, counts", half),
+                  *image_file(folder / "plots" / "confusion_matrix_norm.png", "confusion matrix, row-normalised",
+                              half)])]
 
 
 def _normalised_png(norm: np.ndarray, classes: list[str], path: Path) -> None:
@@ -485,19 +377,19 @@ def _normalised_png(norm: np.ndarray, classes: list[str], path: Path) -> None:
     _save(fig, path)
 
 
-def _multilabel_confusion(c) -> str:
+def _multilabel_confusion(c) -> list[dict]:
     ev = c["ev"]
     if ev is None:
-        return _note("per-label confusion needs the predictions; not recorded here")
+        return [note("per-label confusion needs the predictions; not recorded here")]
     y, d = ev.y.astype(bool), ev.decided()
     rows = []
     for j, cl in enumerate(ev.classes):
         tp, fn = int((y[:, j] & d[:, j]).sum()), int((y[:, j] & ~d[:, j]).sum())
         fp, tn = int((~y[:, j] & d[:, j]).sum()), int((~y[:, j] & ~d[:, j]).sum())
         rows.append([cl, tp, fn, fp, tn, tp / max(tp + fn, 1), tn / max(fp + tn, 1)])
-    return ("<p>One 2 x 2 matrix per label, at the decision thresholds: counts, then each row "
-            "normalised (true-positive rate = recall, true-negative rate).</p>"
-            + _table(["label", "TP", "FN", "FP", "TN", "TP rate", "TN rate"], rows))
+    return [para("One 2 x 2 matrix per label, at the decision thresholds: counts, then each row "
+                 "normalised (true-positive rate = recall, true-negative rate)."),
+            table(["label", "TP", "FN", "FP", "TN", "TP rate", "TN rate"], rows)]
 
 
 def _onevsrest(ev: Evidence):
@@ -505,10 +397,10 @@ def _onevsrest(ev: Evidence):
     return y
 
 
-def _roc_pr(c) -> str:
+def _roc_pr(c) -> list[dict]:
     ev, folder = c["ev"], c["folder"]
     if ev is None:
-        return _note("ROC and PR curves need the predictions; not recorded here")
+        return [note("ROC and PR curves need the predictions; not recorded here")]
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
     plt = _pyplot()
     y = _onevsrest(ev)
@@ -536,29 +428,29 @@ def _roc_pr(c) -> str:
     _save(fig, folder / "plots" / "roc_pr.png")
     c["md"] += ["![ROC and precision-recall curves](plots/roc_pr.png)", ""]
     what = "label" if ev.multi_label else "class (one against the rest)"
-    body = (f"<p>One curve per {what}, on {_esc(ev.described or 'the items measured')}; the "
-            f"colours are the same in both plots, the AP of each is in the table below.</p>")
-    body += _img_file(folder / "plots" / "roc_pr.png", "ROC and precision-recall curves")
+    body = [para(f"One curve per {what}, on {ev.described or 'the items measured'}; the "
+                 f"colours are the same in both plots, the AP of each is in the table below."),
+            *image_file(folder / "plots" / "roc_pr.png", "ROC and precision-recall curves")]
     if skipped:
-        body += _note(f"left out (no positive or no negative item): {', '.join(skipped)}")
+        body.append(note(f"left out (no positive or no negative item): {', '.join(skipped)}"))
     return body
 
 
-def _per_class(c) -> str:
+def _per_class(c) -> list[dict]:
     m = c["m"]
-    table = m.get("per_label") if c["multi"] else m.get("per_class")
-    if not table:
-        return _note("no per-class figures recorded")
+    figures = m.get("per_label") if c["multi"] else m.get("per_class")
+    if not figures:
+        return [note("no per-class figures recorded")]
     aucs = c.get("aucs", {})
     cols = ["threshold", "precision", "recall", "f1", "ap", "support"] if c["multi"] else \
         ["precision", "recall", "f1", "support"]
     extra = (["ROC AUC"] if c["multi"] else ["ROC AUC", "AP"]) if aucs else []  # multi: AP is there
     header = ["label" if c["multi"] else "class", *cols] + extra
     rows = []
-    for cl, v in table.items():
+    for cl, v in figures.items():
         rows.append([cl, *(v.get(k) for k in cols), *list(aucs.get(cl, (None, None)))[:len(extra)]])
-    note = "" if not aucs else "<p>ROC AUC and AP from the curves above (their items).</p>"
-    return note + _table(header, rows)
+    said = [para("ROC AUC and AP from the curves above (their items).")] if aucs else []
+    return [*said, table(header, rows)]
 
 
 def _losses(ev: Evidence) -> np.ndarray:
@@ -574,8 +466,8 @@ def _label_set(ev: Evidence, row) -> str:
     return ", ".join(cl for cl, on in zip(ev.classes, row) if on) or "(none)"
 
 
-def _caption(ev: Evidence, i: int, loss: float | None = None) -> tuple[str, str, bool]:
-    """(html caption, text caption, correct?) of item i."""
+def _caption(ev: Evidence, i: int, loss: float | None = None) -> tuple[list, str, bool]:
+    """(caption as rich text, caption as one line of text, correct?) of item i."""
     name = Path(ev.names[i]).name if ev.names else f"#{i}"
     if ev.multi_label:
         truth, pred = _label_set(ev, ev.y[i]), _label_set(ev, ev.decided()[i])
@@ -589,25 +481,25 @@ def _caption(ev: Evidence, i: int, loss: float | None = None) -> tuple[str, str,
         truth, pred = ev.classes[t], ev.classes[p]
         probs = f"p {ev.probs[i, p]:.2f}" + ("" if ok else f"; p(true) {ev.probs[i, t]:.2f}")
         text = f"{name}: true {truth}; predicted {pred} ({probs})"
-    cls = "good" if ok else "bad"
-    html = (f"<b>{_esc(name)}</b><br>true: {_esc(truth)}<br>"
-            f'<span class="{cls}">predicted: {_esc(pred)}</span><br>{_esc(probs)}'
-            + (f"<br>loss {loss:.2f}" if loss is not None else ""))
-    return html, text, ok
+    rich = [("b", name), BR, ("", f"true: {truth}"), BR, ("good" if ok else "bad", f"predicted: {pred}"),
+            BR, ("", probs)]
+    if loss is not None:
+        rich += [BR, ("", f"loss {loss:.2f}")]
+    return rich, text, ok
 
 
-def _top_losses(c) -> str:
+def _top_losses(c) -> list[dict]:
     ev, folder = c["ev"], c["folder"]
     if ev is None:
-        return _note("top losses need the predictions; not recorded here")
+        return [note("top losses need the predictions; not recorded here")]
     losses = _losses(ev)
     order = np.argsort(-losses)[:TOP_LOSSES]
     figs, tiles, md_rows = [], [], []
     for i in order:
-        html, text, _ = _caption(ev, int(i), float(losses[i]))
+        rich, text, _ = _caption(ev, int(i), float(losses[i]))
         px = ev.image(int(i))
         if px is not None:
-            figs.append(_thumb(px, html))
+            figs.append(_thumb(px, rich))
             tiles.append(px)
         md_rows.append(f"| {text.replace('|', '/')} | {losses[i]:.3f} |")
     if tiles:
@@ -615,20 +507,19 @@ def _top_losses(c) -> str:
     c["md"] += ["## Top losses", "", "| image | loss |", "|---|---|", *md_rows, ""]
     if tiles:
         c["md"] += ["![top losses](plots/top_losses.png)", ""]
-    body = (f"<p>The {len(order)} images the model is most wrong about (highest loss), on "
-            f"{_esc(ev.described or 'the items measured')}.</p>")
+    said = para(f"The {len(order)} images the model is most wrong about (highest loss), on "
+                f"{ev.described or 'the items measured'}.")
     if figs:
-        return body + '<div class="grid">' + "".join(figs) + "</div>"
-    return body + _note("the images could not be read again; their captions:") + \
-        "<ul>" + "".join(f"<li>{_esc(r)}</li>" for r in md_rows) + "</ul>"
+        return [said, grid(figs)]
+    return [said, note("the images could not be read again; their captions:"), bullets(md_rows)]
 
 
-def _confused(c) -> str:
+def _confused(c) -> list[dict]:
     if c["multi"]:
         return _confused_labels(c)
     cm, classes = _confusion_counts(c), c["classes"]
     if cm is None:
-        return _note("no confusion matrix recorded")
+        return [note("no confusion matrix recorded")]
     pairs = [(int(cm[i, j]), classes[i], classes[j]) for i in range(len(classes))
              for j in range(len(classes)) if i != j and cm[i, j] > 0]
     pairs.sort(key=lambda p: -p[0])
@@ -636,14 +527,14 @@ def _confused(c) -> str:
     c["md"] += ["## Most confused pairs", "", "| true | predicted | count |", "|---|---|---|",
                 *(f"| {t} | {p} | {n} |" for n, t, p in pairs), ""]
     if not pairs:
-        return "<p>No image was given a wrong class.</p>"
-    return _table(["true", "predicted as", "images"], [[t, p, n] for n, t, p in pairs])
+        return [para("No image was given a wrong class.")]
+    return [table(["true", "predicted as", "images"], [[t, p, n] for n, t, p in pairs])]
 
 
-def _confused_labels(c) -> str:
+def _confused_labels(c) -> list[dict]:
     ev = c["ev"]
     if ev is None:
-        return _note("confused labels need the predictions; not recorded here")
+        return [note("confused labels need the predictions; not recorded here")]
     y, d = ev.y.astype(bool), ev.decided()
     counts: dict = {}
     for i in range(len(y)):
@@ -654,16 +545,16 @@ def _confused_labels(c) -> str:
     rows = [[ev.classes[a], ev.classes[b], n] for (a, b), n in pairs]
     c["md"] += ["## Most confused labels", "", "| missed | predicted instead | images |", "|---|---|---|",
                 *(f"| {a} | {b} | {n} |" for a, b, n in rows), ""]
-    head = "<p>Images where a true label was missed while another label was wrongly predicted.</p>"
-    return head + (_table(["missed", "predicted instead", "images"], rows) if rows
-                   else "<p>No image had a label missed and another wrongly predicted.</p>")
+    return [para("Images where a true label was missed while another label was wrongly predicted."),
+            table(["missed", "predicted instead", "images"], rows) if rows
+            else para("No image had a label missed and another wrongly predicted.")]
 
 
-def _gradcam(c) -> str:
+def _gradcam(c) -> list[dict]:
     ev, folder = c["ev"], c["folder"]
     if ev is None or ev.predictor is None:
         why = "needs one model and its predictions" + (" (an ensemble has several)" if ev is not None else "")
-        return _note(f"Grad-CAM {why}; not drawn here")
+        return [note(f"Grad-CAM {why}; not drawn here")]
     from . import gradcam
     pred = ev.decided() if ev.multi_label else np.argmax(ev.probs, axis=1)
     correct = (pred == ev.y.astype(bool)).all(axis=1) if ev.multi_label else pred == ev.y
@@ -672,25 +563,25 @@ def _gradcam(c) -> str:
     picks = _spread(np.flatnonzero(correct), conf, top) + _spread(np.flatnonzero(~correct), conf, top)
     picks = [i for i in picks if ev.image(i) is not None]
     if not picks:
-        return _note("no image to explain")
+        return [note("no image to explain")]
     px = np.stack([ev.image(i) for i in picks])
     target = [int(np.argmax(ev.probs[i])) for i in picks]   # the top-scoring class / label
     overlays = gradcam.for_images(ev.predictor, px, target)
     if overlays is None:
-        return _note("this model has no spatial feature map to explain")
+        return [note("this model has no spatial feature map to explain")]
     figs, tiles = [], []
     for k, i in enumerate(picks):
-        html, _, _ = _caption(ev, i)
-        figs.append(_thumb([px[k], overlays[k]], html + f"<br>map for: {_esc(ev.classes[target[k]])}", wide=True))
+        rich, _, _ = _caption(ev, i)
+        figs.append(_thumb([px[k], overlays[k]], [*rich, BR, ("", f"map for: {ev.classes[target[k]]}")], wide=True))
         tiles += [px[k], overlays[k]]
     _grid_png(tiles, folder / "plots" / "gradcam.png", cols=4)
     c["md"] += ["![Grad-CAM: images and where the model looked](plots/gradcam.png)", ""]
     n_ok = sum(bool(correct[i]) for i in picks)
     wrong = f"then {len(picks) - n_ok} wrong ones" if len(picks) > n_ok else "no image was wrong"
-    return (f"<p>Where the model looked for its top {'label' if ev.multi_label else 'class'} "
-            f"(red: most), on the last spatial feature map: {n_ok} correct images (the most "
-            f"confident of different classes first), {wrong}.</p>"
-            '<div class="grid">' + "".join(figs) + "</div>")
+    return [para(f"Where the model looked for its top {'label' if ev.multi_label else 'class'} "
+                 f"(red: most), on the last spatial feature map: {n_ok} correct images (the most "
+                 f"confident of different classes first), {wrong}."),
+            grid(figs)]
 
 
 def _spread(idx: np.ndarray, conf: np.ndarray, top: np.ndarray, k: int = GRADCAM_EACH) -> list[int]:
@@ -705,15 +596,16 @@ def _spread(idx: np.ndarray, conf: np.ndarray, top: np.ndarray, k: int = GRADCAM
     return picked[:k]
 
 
-def _thresholds(c) -> str:
+def _thresholds(c) -> list[dict]:
     ev, folder = c["ev"], c["folder"]
-    body = ""
+    body = []
     glob = folder / "plots" / "thresholds.png"
     if glob.is_file():
-        body += "<h3>One threshold for every label</h3>" + _img_file(glob, "metric against one global threshold")
+        body += [heading(3, "One threshold for every label"),
+                 *image_file(glob, "metric against one global threshold")]
     if ev is None:
-        return body or _note("no threshold search here and no predictions recorded")
-    grid = np.linspace(0.02, 0.98, 49)
+        return body or [note("no threshold search here and no predictions recorded")]
+    points = np.linspace(0.02, 0.98, 49)
     y = ev.y.astype(bool)
     chosen = ev.thresholds if ev.thresholds is not None else np.full(len(ev.classes), 0.5)
     plt = _pyplot()
@@ -723,12 +615,12 @@ def _thresholds(c) -> str:
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.3 * rows), squeeze=False)
     for j, cl in enumerate(ev.classes):
         ax = axes[j // cols][j % cols]
-        d = ev.probs[:, j][:, None] >= grid[None, :]
+        d = ev.probs[:, j][:, None] >= points[None, :]
         tp = (d & y[:, j][:, None]).sum(0)
         fp = (d & ~y[:, j][:, None]).sum(0)
         fn = (~d & y[:, j][:, None]).sum(0)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
-        ax.plot(grid, f1)
+        ax.plot(points, f1)
         ax.axvline(chosen[j], color="C1", linestyle="--")
         ax.axvline(0.5, color="grey", linestyle=":")
         ax.set_title(f"{cl} (chosen {chosen[j]:.2f})", fontsize=9)
@@ -737,39 +629,36 @@ def _thresholds(c) -> str:
         axes[k // cols][k % cols].axis("off")
     _save(fig, folder / "plots" / "thresholds_per_label.png")
     c["md"] += ["![F1 of each label against its threshold](plots/thresholds_per_label.png)", ""]
-    return (body + "<h3>Each label's F1 against its threshold</h3><p>Dashed: the threshold in "
-            "use; dotted: 0.5.</p>" + _img_file(folder / "plots" / "thresholds_per_label.png",
-                                               "F1 of each label against its threshold"))
+    return [*body, heading(3, "Each label's F1 against its threshold"),
+            para("Dashed: the threshold in use; dotted: 0.5."),
+            *image_file(folder / "plots" / "thresholds_per_label.png", "F1 of each label against its threshold")]
 
 
 # ---- comparison pages -------------------------------------------------------------------
 
-def write_page(folder: Path, title: str, sections: list[tuple[str, str, str]]) -> None:
-    """A report.html of given (id, heading, html body) sections (comparisons)."""
-    page = _Page(Path(folder), title)
-    for sid, heading, body in sections:
-        SECTIONS.setdefault(sid, heading)
-        page.section(sid, body, heading)
-    atomic_write(Path(folder) / FILE, page.render())
+def write_page(folder: Path, title: str, sections: list[tuple[str, str, list[dict]]]) -> None:
+    """A report.html of given (id, heading, blocks) sections (comparisons)."""
+    _write_html(folder, title, [section(sid, head, body) for sid, head, body in sections])
 
 
-def write_comparison(folder: Path, table, described: str, settings: dict) -> None:
-    """report.html of `clfapp compare`: the table and bar charts of quality and speed."""
+def write_comparison(folder: Path, comparison, described: str, settings: dict) -> None:
+    """report.html of `clfapp compare`: the table (a DataFrame, one row per model) and bar
+    charts of quality and speed."""
     folder = Path(folder)
     (folder / "plots").mkdir(exist_ok=True)
-    quality = [k for k in ("accuracy", "f1_micro", "f1_macro", "map", "roc_auc") if k in table.columns]
-    speed = [k for k in ("latency_ms_bs1", "images_per_s_bs32") if k in table.columns]
+    quality = [k for k in ("accuracy", "f1_micro", "f1_macro", "map", "roc_auc") if k in comparison.columns]
+    speed = [k for k in ("latency_ms_bs1", "images_per_s_bs32") if k in comparison.columns]
     plt = _pyplot()
     panels = quality[:2] + speed
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.45 * len(table) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.45 * len(comparison) + 1.6),
+                             squeeze=False)
     for ax, k in zip(axes[0], panels):
-        ax.barh(table["model"], table[k], color="C0" if k in quality else "C2")
+        ax.barh(comparison["model"], comparison[k], color="C0" if k in quality else "C2")
         ax.set_title(k, fontsize=10), ax.invert_yaxis()
     _save(fig, folder / "plots" / "comparison.png")
-    header = list(table.columns)
-    body = (f"<p>Quality on the {_esc(described)}. Speed: CPU, {settings.get('threads')} thread(s), "
-            f"{_esc(settings.get('precision'))}, median of {settings.get('repeats')} runs after "
-            f"warm-up, on {_esc(settings.get('timed_on'))}.</p>" + _table(header, table.values.tolist()))
+    said = para(f"Quality on the {described}. Speed: CPU, {settings.get('threads')} thread(s), "
+                f"{settings.get('precision')}, median of {settings.get('repeats')} runs after "
+                f"warm-up, on {settings.get('timed_on')}.")
     write_page(folder, "Model comparison", [
-        ("table", "Table", body),
-        ("charts", "Quality and speed", _img_file(folder / "plots" / "comparison.png", "quality and speed"))])
+        ("table", "Table", [said, table(list(comparison.columns), comparison.values.tolist())]),
+        ("charts", "Quality and speed", image_file(folder / "plots" / "comparison.png", "quality and speed"))])
