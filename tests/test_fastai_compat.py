@@ -331,3 +331,24 @@ def test_quiet_console_bar_sets_what_fastprogress_sets(monkeypatch, capsys):
     compat.init_console_bar_quietly(quiet, range(5))
     assert list(quiet) == list(range(5))   # fastprogress's own methods run on those fields
     assert quiet.max_len > 0 and cls.fill not in capsys.readouterr().out   # no probe print
+
+
+# ---- public names clfapp keys on (not private, but a rename would silently change fits) -----
+
+def test_lr_finder_and_get_preds_show_on_the_learner(learn):
+    """Callbacks tell the LR finder's and get_preds's passes from training by the attributes
+    fastai's LRFinder and GatherPredsCallback put on the Learner (models/callbacks.py,
+    train/checkpoint.py, budget.py, distill.py, progressive.py, tune.py)."""
+    from fastai.callback.schedule import LRFinder  # noqa: F401  (adds Learner.lr_find)
+    seen = []
+
+    class Look(Callback):
+        def before_fit(self):
+            seen.append((hasattr(self.learn, "lr_finder"), hasattr(self, "gather_preds")))
+
+    learn.add_cb(Look())
+    learn.lr_find(num_it=3, show_plot=False, suggest_funcs=())
+    learn.get_preds(dl=learn.dls.valid)
+    learn.fit(1, 1e-2)
+    assert seen == [(True, False), (False, True), (False, False)], \
+        f"fastai {fastai.__version__}: learn.lr_finder / gather_preds no longer mark those passes"
