@@ -14,7 +14,8 @@ tests passed on.
                                                           (fit_from_epoch; train/schedules.py)
   ProgressCallback.mbar (fastai/callback/progress.py)     the same: the epoch bar restarts at 0
   DataLoader.rng, replaced by DataLoader.randomize        fit --resume and the budget probe:
-  (fastai/data/load.py)                                   the loaders' shuffle state
+  (fastai/data/load.py); a DistributedDL's is its         the loaders' shuffle state
+  inner loader's (DistributedDL.dl)
                                                           (train/checkpoint.py, train/budget.py)
   DataLoader.__idxs, i.e. _DataLoader__idxs               distill --cache-teacher: the epoch's
   (fastai/data/load.py, DataLoader.__iter__)              shuffled item order (train/distill.py)
@@ -36,6 +37,10 @@ tests passed on.
   fastprogress ConsoleProgressBar.__init__'s fields       plain progress lines off a terminal,
   (cols, length, max_len, prefix; fastprogress.py)        without the bar's probe print
                                                           (report/progress.py)
+
+Not here yet: models/optim.py's use of fastai's OptimWrapper (being replaced by fastai's own
+optimisers) and the ReduceLROnPlateau subclass in train/schedules.py, whose `wait` is the one
+test_tracker_wait checks.
 
 The bottom layer, beside config and errors: it imports nothing from clfapp, and fastai only
 inside functions (`clfapp --help` stays instant).
