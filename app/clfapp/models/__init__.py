@@ -179,8 +179,10 @@ def build(arch: Arch, n_out: int, dropout: float = 0.5, concat_pool: bool = True
     import functools
 
     import torch.nn as nn
-    from fastai.vision.learner import (TimmBody, _default_meta, add_head, create_body,
-                                       default_split, model_meta, num_features_model)
+    from fastai.vision.learner import (TimmBody, add_head, create_body, default_split,
+                                       num_features_model)
+
+    from ..compat import timm_body_needs_pool, torchvision_meta
 
     from ..config import parse_head_hidden
 
@@ -199,14 +201,14 @@ def build(arch: Arch, n_out: int, dropout: float = 0.5, concat_pool: bool = True
             (body, nf), pool, splitter = _timm_cut(net, cut_blocks, arch.name), True, default_split
         else:
             body = TimmBody(net, backbone_state is not None, None, 3)
-            nf, pool, splitter = net.num_features, body.needs_pool, default_split
+            nf, pool, splitter = net.num_features, timm_body_needs_pool(body), default_split
     else:
         import torchvision
         fn = getattr(torchvision.models, arch.name)
         net = fn(weights=None)
         if backbone_state is not None:
             _load_strict(net, backbone_state, arch.name, weights_source)
-        meta = model_meta.get(fn, _default_meta)
+        meta = torchvision_meta(fn)
         if cut_blocks and not arch.name.startswith("densenet"):
             raise UsageError(f"{CUT_SUPPORT}; torchvision's {arch.name} is not one of them")
         if cut_blocks:  # fastai's densenet body is Sequential(features); cut inside it

@@ -10,7 +10,6 @@ the master bar's `write`, which NO_BAR does not silence) are the log's lines.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 
 STEP_PCT = 10
@@ -45,13 +44,13 @@ def _isatty(stream) -> bool:
 def _init(self, gen, total=None, display=True, leave=True, parent=None, master=None, txt_len=60):
     """ConsoleProgressBar.__init__ without its probe print of the fill character."""
     import fastprogress.fastprogress as fp
+
+    from ..compat import init_console_bar_quietly
     if not fp.NO_BAR:
         return _ORIGINAL["init"](self, gen, total, display, leave, parent, master, txt_len)
-    self.cols = min(shutil.get_terminal_size((100, 40))[0], fp.MAX_COLS)
-    self.length, self.max_len, self.prefix = self.cols - txt_len, 0, ""
     self._next_pct = STEP_PCT
     self.update_every = 0   # see every step: the lines are per percent, not per 0.2 s
-    fp.ProgressBar.__init__(self, gen, total, display, leave, parent, master)
+    init_console_bar_quietly(self, gen, total, display, leave, parent, master, txt_len)
 
 
 def _on_update(self, val, text):

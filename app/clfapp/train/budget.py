@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .. import compat
 from ..config import budget_seconds
 from ..errors import UsageError
 
@@ -321,9 +322,8 @@ def _time_batches(learn, lr: float, valid: bool) -> tuple[float, float, float, f
     n_valid = min(len(learn.dls.valid), 1 + TIMED_BATCHES)
     frozen = not all(p.requires_grad for p in learn.model.parameters())
     weights = copy.deepcopy(learn.model.state_dict())
-    dl_rng = getattr(learn.dls.train, "rng", None)   # fastai's DataLoader shuffles with it
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
-           dl_rng.getstate() if dl_rng is not None else None)
+           compat.loader_rng_state(learn.dls.train))   # fastai's DataLoader shuffles with it
     probe = _probe_callback(n_train, n_valid, valid)
     try:
         with learn.no_logging(), learn.no_bar():
@@ -336,9 +336,7 @@ def _time_batches(learn, lr: float, valid: bool) -> tuple[float, float, float, f
         torch.set_rng_state(rng[0])
         np.random.set_state(rng[1])
         random.setstate(rng[2])
-        if rng[3] is not None:               # it replaces the object each epoch: a new one
-            learn.dls.train.rng = random.Random()
-            learn.dls.train.rng.setstate(rng[3])
+        compat.set_loader_rng_state(learn.dls.train, rng[3])
     train_s, train_extra = _per_batch(probe.t_train)
     valid_s, valid_extra = _per_batch(probe.t_valid) if valid else (float("nan"), 0.0)
     return train_s, valid_s, train_extra, valid_extra

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import compat
 from ..errors import UsageError
 
 FILE = "checkpoint.safetensors"
@@ -117,8 +118,7 @@ def rng_state(learn) -> dict:
     import torch
     state = {"python": random.getstate(), "numpy": np.random.get_state(),
              "torch": torch.get_rng_state(),
-             "loaders": [dl.rng.getstate() if getattr(dl, "rng", None) is not None else None
-                         for dl in learn.dls.loaders]}
+             "loaders": [compat.loader_rng_state(dl) for dl in learn.dls.loaders]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -132,9 +132,8 @@ def set_rng_state(learn, state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     for dl, s in zip(learn.dls.loaders, state["loaders"]):
-        if s is not None:   # fastai replaces the object every epoch (randomize): a new one
-            dl.rng = random.Random()
-            dl.rng.setstate(s)
+        if s is not None:   # None: a checkpoint written before every loader's state was kept
+            compat.set_loader_rng_state(dl, s)
 
 
 # ---- callbacks' state --------------------------------------------------------------------------
@@ -156,7 +155,7 @@ def _restore_keep_best(cb, s, tensors, mid_fit):
 
 
 def _tracker(cb, tensors):
-    return {"best": _num(cb.best), "wait": getattr(cb, "wait", None)}
+    return {"best": _num(cb.best), "wait": compat.tracker_wait(cb)}
 
 
 def _restore_tracker(cb, s, tensors, mid_fit):
@@ -165,7 +164,7 @@ def _restore_tracker(cb, s, tensors, mid_fit):
     if mid_fit or not cb.reset_on_fit:
         cb.best = s["best"]
     if mid_fit and s["wait"] is not None:
-        cb.wait = s["wait"]
+        compat.set_tracker_wait(cb, s["wait"])
 
 
 def _ema(cb, tensors):
@@ -210,7 +209,7 @@ def _keyed(cbs) -> dict:
     """{"ClassName#i": callback}: the i-th callback of that class, in fastai's order."""
     seen, out = {}, {}
     for cb in cbs:
-        name = type(cb).__name__
+        name = compat.callback_state_key(cb)
         i = seen[name] = seen.get(name, -1) + 1
         out[f"{name}#{i}"] = cb
     return out
@@ -219,7 +218,7 @@ def _keyed(cbs) -> dict:
 def callbacks_state(cbs, tensors: dict) -> dict:
     out = {}
     for key, cb in _keyed(cbs).items():
-        name = type(cb).__name__
+        name = compat.callback_state_key(cb)
         if name in _SAVE:
             out[key] = _SAVE[name](cb, tensors)
         elif hasattr(cb, "checkpoint_state"):
@@ -232,7 +231,7 @@ def callbacks_state(cbs, tensors: dict) -> dict:
 
 def restore_callbacks(cbs, saved: dict, tensors: dict, when: str, mid_fit: bool) -> None:
     for key, cb in _keyed(cbs).items():
-        s, name = saved.get(key), type(cb).__name__
+        s, name = saved.get(key), compat.callback_state_key(cb)
         if s is None:
             continue
         if name in _RESTORE:
@@ -411,8 +410,7 @@ def _callback_class():
                 "budget": _plan_state(self.plan),
                 "model": pack(learn.model.state_dict(), tensors),
                 "optimizer": pack(learn.opt.state_dict(), tensors) if learn.opt is not None else None,
-                "smooth_loss": {"count": learn.recorder.smooth_loss.count,
-                                "val": pack(learn.recorder.smooth_loss.val, tensors)},
+                "smooth_loss": {k: pack(v, tensors) for k, v in compat.smooth_loss_state(learn).items()},
                 "callbacks": callbacks_state(cbs, tensors),
                 "rng": pack(rng_state(learn), tensors),
                 "results_csv": self.results.read_text() if self.results.exists() else "",
@@ -472,8 +470,8 @@ def _callback_class():
             if h["mid_fit"]:
                 if h["optimizer"] is not None:
                     _load_optimizer(learn, unpack(h["optimizer"], ts))
-                sl = learn.recorder.smooth_loss
-                sl.count, sl.val = h["smooth_loss"]["count"], unpack(h["smooth_loss"]["val"], ts)
+                compat.set_smooth_loss_state(learn, h["smooth_loss"]["count"],
+                                             unpack(h["smooth_loss"]["val"], ts))
             restore_callbacks(learn.cbs, h["callbacks"], ts, "epoch", h["mid_fit"])
             set_rng_state(learn, unpack(h["rng"], ts))   # last: nothing draws after it
 

@@ -40,7 +40,7 @@ once per training image on the un-augmented decoded pixels (data.Dataset.pixels,
 same preprocessing as above) before training, and looked up per batch: the training
 DataLoader's items are positions in the training split (position k is
 `ds.indices("train")[k]`), and fastai keeps the epoch's (shuffled) order in the DataLoader
-(`_DataLoader__idxs`), batch i being positions [i*bs, (i+1)*bs). No teacher forward per batch,
+(compat.loader_order), batch i being positions [i*bs, (i+1)*bs). No teacher forward per batch,
 at the price of fidelity: the teacher's target describes the un-augmented image while the
 student sees a flipped, rotated, re-lit one. With augmentation off both routes give the same
 loss (tests/test_distill.py).
@@ -311,10 +311,8 @@ class TeacherSignal(Callback):
 
     def _cached(self) -> torch.Tensor:
         dl = self.learn.dl
-        order = getattr(dl, "_DataLoader__idxs", None)
-        if order is None:
-            raise RuntimeError("internal error: fastai's DataLoader no longer records its item "
-                               "order (_DataLoader__idxs); the cached teacher cannot look up batches")
+        from ..compat import loader_order
+        order = loader_order(dl)
         n = len(self.learn.pred)
         pos = order[self.learn.iter * dl.bs: self.learn.iter * dl.bs + n]
         return self.table[torch.as_tensor(list(pos), dtype=torch.long)].to(self.learn.pred.device)

@@ -218,31 +218,25 @@ def detach(learn) -> None:
     """Unwrap the model and data loaders if a fit ended by an exception (fastai's after_fit,
     which unwraps, runs only when a fit ends or is cancelled): the best weights are loaded
     into, and the bundle saved from, the plain module."""
-    for cb in learn.cbs:
-        if type(cb).__name__ == "ClfappDistributedTrainer":
+    if not active():   # attach added nothing
+        return
+    from ..compat import distributed_trainer_base
+    for cb in list(learn.cbs):
+        if isinstance(cb, distributed_trainer_base()):
             cb.unwrap()
             learn.remove_cb(cb)
 
 
 def _trainer():
     import torch
-    import torch.distributed as dist
-    from fastai.distributed import DistributedDL, DistributedTrainer
     from torch.nn.parallel import DistributedDataParallel
 
-    class CPUDistributedDL(DistributedDL):
-        """DistributedDL whose index broadcast also works on gloo (fastai's moves the tensor
-        to CUDA: nccl only)."""
-        def _broadcast(self, t, rank):
-            t = torch.LongTensor(t)
-            if dist.get_backend() == "nccl":
-                t = t.cuda()
-            dist.broadcast(t, rank)
-            return t.cpu().tolist()
+    from ..compat import distributed_trainer_base
 
-    class ClfappDistributedTrainer(DistributedTrainer):
-        """fastai's, with our DL, SyncBatchNorm only on CUDA (it has no CPU kernels), and
-        accelerate told to stay on the CPU without a GPU (else it would not distribute)."""
+    class ClfappDistributedTrainer(distributed_trainer_base()):
+        """fastai's, with loaders that also broadcast on gloo (compat), SyncBatchNorm only on
+        CUDA (it has no CPU kernels), and accelerate told to stay on the CPU without a GPU
+        (else it would not distribute)."""
         def __init__(self):
             cuda = torch.cuda.is_available()
             super().__init__(sync_bn=cuda, cpu=not cuda)
@@ -257,17 +251,12 @@ def _trainer():
             super().after_fit()
             self.learn.recorder.loss = self.avg_loss
 
-        def _wrap_dl(self, dl):
-            return dl if isinstance(dl, DistributedDL) else CPUDistributedDL(dl, device=self.learn.dls.device)
-
         def unwrap(self):
             if getattr(self, "avg_loss", None) is not None:
                 self.learn.recorder.loss, self.avg_loss = self.avg_loss, None
             if isinstance(self.learn.model, DistributedDataParallel):
                 self.learn.model = self.learn.model.module
-            if getattr(self, "old_dls", None) is not None:
-                self.learn.dls.loaders = self.old_dls
-                self.old_dls = None
+            self.restore_loaders()
 
     return ClfappDistributedTrainer()
 

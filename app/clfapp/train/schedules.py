@@ -279,20 +279,9 @@ def starting_at(learn, epoch: int):
     if not epoch:
         yield
         return
-    from fastai.callback.core import CancelEpochException
-
-    def do_fit():   # fastai's Learner._do_fit, from `epoch`
-        mbar = getattr(getattr(learn, "progress", None), "mbar", None)
-        if mbar is not None:
-            mbar.update(0)   # fastprogress's bar must see 0 before a later epoch number
-        for e in range(epoch, learn.n_epoch):
-            learn.epoch = e
-            learn._with_events(learn._do_epoch, "epoch", CancelEpochException)
-    learn._do_fit = do_fit
-    try:
+    from ..compat import fit_from_epoch
+    with fit_from_epoch(learn, epoch):
         yield
-    finally:
-        del learn._do_fit
 
 
 def run(learn, t, lr: float, pretrained: bool, cbs: list, plateau_monitor: str = "valid_loss",
