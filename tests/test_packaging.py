@@ -2,8 +2,9 @@
 
 Each API below that clfapp calls appeared in a known release. Where the source uses it, the
 declared floor must be at least that release (else `pip install clfapp` can pick a version on
-which it fails at run time). The floors themselves were installed and smoke-tested once in a
-throwaway venv (torch 2.4.0, torchvision 0.19.0, fastai 2.7.16, Python 3.11).
+which it fails at run time). The torch and torchvision floors were installed and smoke-tested
+once in a throwaway venv (torch 2.4.0, torchvision 0.19.0, Python 3.11). fastai's range is the
+releases tests/test_fastai_compat.py passed on (pyproject.toml says which).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ API_INTRODUCED = [
 TORCHVISION_FOR_TORCH = {"2.2": "0.17", "2.3": "0.18", "2.4": "0.19", "2.5": "0.20",
                          "2.6": "0.21", "2.7": "0.22"}
 
-# fastai 2.7.x capped torch in its wheel METADATA (read from the wheels on PyPI); 2.8 does not
+# fastai 2.7.x capped torch in its wheel METADATA (read from the wheels on PyPI), as did 2.8.1-2.8.6
 FASTAI_TORCH_CAP = {"2.7.15": "2.4", "2.7.16": "2.5", "2.7.17": "2.5", "2.7.18": "2.6",
                     "2.7.19": "2.7"}
 
