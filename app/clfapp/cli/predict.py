@@ -36,7 +36,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     """
     from ..infer import predict as pr
     from ..infer import stream
-    from ..report import runs
+    from .. import runs
 
     if fmt not in ("csv", "json"):
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")

@@ -312,7 +312,7 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
     """
     import shutil
 
-    from ..report import runs
+    from .. import runs
     from .onnx_predict import OnnxPredictor
 
     if not MIN_OPSET <= opset <= MAX_OPSET:

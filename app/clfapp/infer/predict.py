@@ -9,6 +9,7 @@ import numpy as np
 from ..data import images
 from ..errors import UsageError
 from ..config import INFER_BS
+from ..decisions import decision_thresholds
 
 
 def collect_paths(inputs: list[str]) -> list[str]:
@@ -239,13 +240,6 @@ def gathered(probs: list[np.ndarray], kept: list[np.ndarray], n_paths: int):
     if skipped:
         print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
     return np.concatenate(probs), np.concatenate(kept)
-
-
-def decision_thresholds(meta, override: float | None = None) -> np.ndarray:
-    """The multi-label thresholds in force: --threshold, else the bundle's, else 0.5."""
-    if override is not None:
-        return np.full(len(meta.classes), float(override))
-    return np.asarray(meta.thresholds if meta.thresholds else [0.5] * len(meta.classes))
 
 
 def multilabel_table(paths: list[str], probs: np.ndarray, meta, threshold: float | None = None):
