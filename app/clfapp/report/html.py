@@ -232,7 +232,7 @@ def _grid_png(tiles: list[np.ndarray], path: Path, cols: int = 6, side: int = TH
 
 
 def _pyplot():
-    from . import _pyplot as pp
+    from .plots import pyplot as pp
     return pp()
 
 
@@ -455,7 +455,7 @@ def _confusion(c) -> str:
     cm = _confusion_counts(c)
     if cm is None:
         return _note("no confusion matrix recorded")
-    from . import confusion_matrix_png
+    from .plots import confusion_matrix_png
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     _normalised_png(norm, classes, folder / "plots" / "confusion_matrix_norm.png")
     c["md"] += ["![confusion matrix, row-normalised](plots/confusion_matrix_norm.png)", ""]
