@@ -27,7 +27,8 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     from ..infer import evaluate as ev
     from ..infer import ensemble, loader, predict
     from .. import report
-    from ..report import html, runs
+    from .. import runs
+    from ..report import html
 
     if bs < 1:
         raise common.UsageError(f"--bs must be at least 1, got {bs}")
