@@ -9,7 +9,8 @@ back is one).
 
 The scanner reads the source with `ast` (nothing is imported): `import clfapp.x.y`, `from
 clfapp.x import y` and their relative forms, wherever they stand; `from pkg import name` counts
-as importing the submodule pkg.name when there is one, else pkg itself.
+as importing the submodule pkg.name when there is one, else pkg itself, so a name that is
+neither (a module that moved away) is reported too: that import would fail when it runs.
 """
 from __future__ import annotations
 
@@ -62,17 +63,21 @@ def _existing(name: str, known: dict) -> str | None:
     return name or None
 
 
+def _source(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute name of what `from ... import` reads from, in `module`."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _targets(node, module: str, is_package: bool, known: dict, package: str) -> list[str]:
     """The package modules one import statement imports."""
     if isinstance(node, ast.Import):
         named = [a.name for a in node.names]
     else:
-        if node.level:
-            base = module.split(".") if is_package else module.split(".")[:-1]
-            base = base[:len(base) - (node.level - 1)]
-            source = ".".join(base + ([node.module] if node.module else []))
-        else:
-            source = node.module or ""
+        source = _source(node, module, is_package)
         named = [f"{source}.{a.name}" if f"{source}.{a.name}" in known else source
                  for a in node.names]
     inside = [n for n in named if n == package or n.startswith(package + ".")]
@@ -90,6 +95,47 @@ def import_graph(root: Path, package: str = "clfapp") -> list[Edge]:
                     if target != name:
                         edges.append(Edge(name, target, f"{path.relative_to(root)}:{node.lineno}"))
     return edges
+
+
+def top_level_names(path: Path) -> set[str] | None:
+    """The names a module defines or imports at its top level (None when it has a `*` import,
+    whose names cannot be listed without importing it)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        branches = [node]   # names bound under a top-level if / try count too
+        if isinstance(node, (ast.If, ast.Try)):
+            branches += node.body + node.orelse + [s for h in getattr(node, "handlers", []) for s in h.body]
+        for inner in branches:
+            if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(inner.name)
+            elif isinstance(inner, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = inner.targets if isinstance(inner, ast.Assign) else [inner.target]
+                names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            elif isinstance(inner, (ast.Import, ast.ImportFrom)):
+                if any(a.name == "*" for a in inner.names):
+                    return None
+                names |= {(a.asname or a.name).split(".")[0] for a in inner.names}
+    return names
+
+
+def unresolved_imports(root: Path, package: str = "clfapp") -> list[str]:
+    """`from clfapp.x import name` (or relative) where name is neither a submodule of x nor a
+    name x defines: a broken import the layer scan would otherwise read as importing x."""
+    known = modules(root, package)
+    defined = {name: top_level_names(path) for name, (path, _) in known.items()}
+    out = []
+    for name, (path, is_package) in known.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            source = _source(node, name, is_package)
+            if source not in known or defined[source] is None:
+                continue
+            for alias in node.names:
+                if alias.name != "*" and f"{source}.{alias.name}" not in known \
+                        and alias.name not in defined[source]:
+                    out.append(f"{path.relative_to(root)}:{node.lineno}: {source} has no {alias.name}")
+    return out
 
 
 def part(module: str) -> str:
@@ -193,6 +239,11 @@ def test_the_scanner_sees_the_whole_package():
     assert ("clfapp.__main__", "clfapp.cli.main") in pairs              # absolute
 
 
+def test_every_imported_name_exists():
+    bad = unresolved_imports(PACKAGE_ROOT)
+    assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
+
+
 def test_no_module_imports_against_the_layers():
     bad = layer_violations(import_graph(PACKAGE_ROOT))
     assert not bad, "imports against the layers (DESIGN.md §1):\n" + "\n".join(bad)
@@ -213,7 +264,7 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def test_the_scanner_names_each_violation_and_each_circle(tmp_path):
+def test_the_scanner_names_each_violation_each_circle_and_each_missing_name(tmp_path):
     root = _write(tmp_path, {
         "clfapp/__init__.py": "",
         "clfapp/errors.py": "class UsageError(Exception): ...\n",
@@ -227,12 +278,16 @@ def test_the_scanner_names_each_violation_and_each_circle(tmp_path):
         "clfapp/models/__init__.py": "",
         "clfapp/models/losses.py": "import clfapp.config\n",
         # infer.a <-> infer.b, one import inside a function
-        "clfapp/infer/a.py": "from . import b\n",
+        "clfapp/infer/a.py": "from . import b\n\ndef g(): ...\n",
         "clfapp/infer/b.py": "def f():\n    from .a import g\n",
         # a package __init__ and its submodule importing each other
         "clfapp/train/__init__.py": "def fit():\n    from .checkpoint import save\n",
-        "clfapp/train/checkpoint.py": "def resume():\n    from . import fit\n",
+        "clfapp/train/checkpoint.py": "def save(): ...\n\ndef resume():\n    from . import fit\n",
+        # a name the package does not have (a module that moved away)
+        "clfapp/cli/__init__.py": "",
+        "clfapp/cli/evaluate.py": "def run():\n    from ..report import write, runs\n",
     })
+    assert unresolved_imports(root) == ["clfapp/cli/evaluate.py:2: clfapp.report has no runs"]
     edges = import_graph(root)
     bad = layer_violations(edges)
     assert len(bad) == 2, bad
@@ -266,4 +321,4 @@ def test_the_scanner_passes_a_package_that_keeps_the_rules(tmp_path):
     })
     edges = import_graph(root)
     assert len(edges) == 14
-    assert layer_violations(edges) == [] and circles(edges) == []
+    assert layer_violations(edges) == [] and circles(edges) == [] and unresolved_imports(root) == []
