@@ -71,7 +71,8 @@ def main() -> None:
     theirs = Predictor(args.run)
     if len(ours.meta.inputs) != 1:
         sys.exit("this benchmark takes a run folder (one input), not an ensemble")
-    (pixels,), source = export.parity_pixels(args.run, export.input_groups(export.read_source(args.run)[0]))
+    decoded, source = export.parity_pixels(args.run, export.input_groups(export.read_source(args.run)[0]))
+    (pixels,) = decoded.values()
     batch = np.concatenate([pixels] * (args.bs // len(pixels) + 1))[: args.bs]
     one = batch[:1]
     x_batch, x_one = torch.from_numpy(batch).permute(0, 3, 1, 2), torch.from_numpy(one).permute(0, 3, 1, 2)

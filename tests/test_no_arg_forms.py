@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clfapp import auto, config
+from clfapp import auto, config, runs
 
 from conftest import TINY_ARCH, assert_usage_error, make_folder_dataset, write_recipe
 
@@ -118,8 +118,8 @@ def test_predict_with_a_missing_single_argument(cli, runs_here):
 
 
 def test_a_finished_ensemble_counts_and_the_newest_wins(tmp_path):
-    runs = tmp_path / "runs"
-    run, ens, half = runs / "a-1", runs / "ensemble-1", runs / "b-1"
+    parent = tmp_path / "runs"
+    run, ens, half = parent / "a-1", parent / "ensemble-1", parent / "b-1"
     (run / "model").mkdir(parents=True)
     (run / "model" / "model.json").write_text("{}")
     (run / "metrics.json").write_text("{}")
@@ -129,8 +129,8 @@ def test_a_finished_ensemble_counts_and_the_newest_wins(tmp_path):
     (half / "model").mkdir(parents=True)          # a bundle but no metrics.json: unfinished
     (half / "model" / "model.json").write_text("{}")
     _age(run, 100)
-    assert auto.newest_finished_run(runs) == ens
+    assert runs.newest_finished_run(parent) == ens
     _age(ens, 1000)
-    assert auto.newest_finished_run(runs) == run
-    assert not auto.is_finished(half)
-    assert auto.newest_finished_run(tmp_path / "nothing") is None
+    assert runs.newest_finished_run(parent) == run
+    assert not runs.is_finished(half)
+    assert runs.newest_finished_run(tmp_path / "nothing") is None

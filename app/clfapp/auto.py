@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import UsageError
+from .runs import newest_finished_run
 
 # --- the rules' numbers (measured on a 2-core CPU, DESIGN §8; to be tuned) -------------------
 
@@ -198,23 +199,6 @@ def project_recipe(recipe: str | None) -> tuple[str, str | None]:
         return PROJECT_RECIPE, f"using the project's recipe: ./{PROJECT_RECIPE}"
     raise UsageError(f"no recipe given and no {PROJECT_RECIPE} in this folder: pass a recipe "
                      f"(clfapp recipes) or a folder of images (e.g. photos/), or create {PROJECT_RECIPE}")
-
-
-def is_finished(folder: Path) -> bool:
-    """A run that completed: its bundle (or ensemble.json) and its metrics.json are written."""
-    folder = Path(folder)
-    model = (folder / "model" / "model.json").is_file() or (folder / "ensemble.json").is_file()
-    return model and (folder / "metrics.json").is_file()
-
-
-def newest_finished_run(runs_dir: Path) -> Path | None:
-    """The finished run (or ensemble) folder directly under `runs_dir` whose metrics.json was
-    written last; None when there is none."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return None
-    done = [p for p in runs_dir.iterdir() if p.is_dir() and is_finished(p)]
-    return max(done, key=lambda p: (p / "metrics.json").stat().st_mtime, default=None)
 
 
 def default_run(arg: str, runs_dir: Path) -> tuple[Path, str]:

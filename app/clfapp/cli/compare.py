@@ -25,7 +25,7 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
     runs/compare-N.
     """
     from ..infer import compare as cmp
-    from ..report import runs
+    from .. import runs
 
     if repeats < 1:
         raise common.UsageError(f"--repeats must be at least 1, got {repeats}")

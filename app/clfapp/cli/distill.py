@@ -40,7 +40,7 @@ def distill(teacher: Teacher, arch: StudentArch = None, temperature: Temperature
     from pathlib import Path
 
     from ..train import distill as core
-    from ..report import runs
+    from .. import runs
     from .fit import EXIT_CODES
 
     core.check_options(temperature, alpha)

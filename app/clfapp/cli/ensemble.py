@@ -34,7 +34,7 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more run 
     """
     from ..infer import ensemble as ens
     from .. import report
-    from ..report import runs
+    from .. import runs
 
     if bs < 1:
         raise common.UsageError(f"--bs must be at least 1, got {bs}")

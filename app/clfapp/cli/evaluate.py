@@ -25,17 +25,18 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     Writes metrics.json, report.md, report.html and plots/ into RUN/eval-N.
     """
     from ..infer import evaluate as ev
-    from ..infer import ensemble, predict
+    from ..infer import ensemble, loader, predict
     from .. import report
-    from ..report import html, runs
+    from .. import runs
+    from ..report import html
 
     if bs < 1:
         raise common.UsageError(f"--bs must be at least 1, got {bs}")
     folder = runs.existing(run)
-    predictor = predict.load_predictor(folder)
+    predictor = loader.load(folder)
     tta = predict.tta_default(predictor, tta)
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
-    if isinstance(predictor, ensemble.EnsemblePredictor):  # each member and the ensemble
+    if predictor.kind == "ensemble":  # each member and the ensemble
         m, members, probs, y = ensemble.measure(predictor, items, tta, bs, threshold)
         out = runs.new_folder(folder, "eval")
         built = ensemble.Built(folder, predictor.meta, m, members, source + (" (TTA)" if tta else ""))

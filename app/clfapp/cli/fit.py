@@ -47,7 +47,7 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
     a run that was killed or stopped from there (a finished run: says so, exit 0).
     """
     started = time.perf_counter()  # --budget counts from here: loading torch and the data spend it
-    from ..report import runs
+    from .. import runs
     from .. import train
     from ..train import distributed
 
@@ -136,11 +136,11 @@ def _command_line_without(ctx: typer.Context, drop: str) -> list[str]:
 
 
 def _resume(folder, started: float) -> None:
-    from ..train import checkpoint
+    from ..train import checkpoint, resume
     if checkpoint.state_of(folder) == "finished":
         common.echo(checkpoint.finished_line(folder))   # resuming it again is no mistake: exit 0
         return
-    _report(checkpoint.resume(folder, started), folder)
+    _report(resume.resume(folder, started), folder)
 
 
 def _report(result, folder) -> None:

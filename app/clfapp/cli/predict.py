@@ -34,14 +34,13 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     OUT.part, renamed to OUT at the end. After an interruption, the same command with
     `--resume` keeps those rows and classifies only the rest: each file once in the output.
     """
+    from ..infer import loader, stream
     from ..infer import predict as pr
-    from ..infer import stream
-    from ..report import runs
+    from .. import runs
 
     if fmt not in ("csv", "json"):
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
-    if backend not in ("torch", "onnx"):
-        raise common.UsageError(f"--backend must be torch or onnx, got {backend!r}")
+    loader.check_backend(backend)
     if backend == "onnx" and tta:
         raise common.UsageError("--tta is not available with --backend onnx (the exported graph is "
                                 "the plain model); use --backend torch for TTA")
@@ -60,12 +59,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
         common.echo(line)
         paths = [run]
     files = pr.collect_paths(paths)
-    if backend == "onnx":
-        from ..infer.onnx_predict import OnnxPredictor
-        predictor = OnnxPredictor(folder)
-    else:
-        predictor = pr.load_predictor(folder)
-        tta = pr.tta_default(predictor, tta)
+    predictor = loader.load(folder, backend)
+    tta = pr.tta_default(predictor, tta)
     # a folder this command makes is removed again when it ends with nothing predicted
     made_folder = (out is None and not resume) or (out is not None and not out.parent.exists())
     if out is None:
@@ -109,10 +104,8 @@ def _remove_if_empty(folder: Path, made: bool) -> None:
 
 def _resumable(folder: Path) -> Path | None:
     """predictions.csv of RUN's newest predict-N folder (finished or not), to resume."""
-    import re
-    found = [(int(m.group(1)), p) for p in folder.glob("predict-*")
-             if (m := re.fullmatch(r"predict-(\d+)", p.name))]
-    for _, p in sorted(found, reverse=True):
+    from .. import runs
+    for _, p in reversed(runs.numbered(folder, "predict")):
         out = p / "predictions.csv"
         if out.exists() or out.with_name(out.name + ".part").exists():
             return out

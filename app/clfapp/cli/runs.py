@@ -22,7 +22,7 @@ def runs(names: Annotated[Optional[list[str]], typer.Argument(help="Runs to show
     side into a new folder.
     """
     from ..report import history
-    from ..report import runs as folders
+    from .. import runs as folders
 
     if names:
         found = [folders.existing(n) if not (dir_ / n).is_dir() else dir_ / n for n in names]

@@ -22,9 +22,9 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     RUN/thresholds-N.
     """
     from ..infer import evaluate as ev
-    from ..infer import predict
+    from ..infer import loader
     from .. import report
-    from ..report import runs
+    from .. import runs
     from ..infer import thresholds as th
 
     if metric not in th.METRICS:
@@ -34,7 +34,7 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     if bs < 1:
         raise common.UsageError(f"--bs must be at least 1, got {bs}")
     folder = runs.existing(run)
-    predictor = predict.load_predictor(folder)
+    predictor = loader.load(folder)
     if not predictor.meta.multi_label:
         raise common.UsageError(f"{folder} holds a single-label model: it decides by the top class, "
                                 "there are no thresholds to tune")
@@ -52,5 +52,5 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
              else ", ".join(f"{c}={t:.2f}" for c, t in zip(predictor.classes, tuned.search.thresholds)))
     common.echo(f"{metric}: {tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f} "
                 f"with thresholds {shown}")
-    saved = folder / "ensemble.json" if hasattr(predictor, "members") else folder / "model" / "model.json"
+    saved = folder / "ensemble.json" if predictor.kind == "ensemble" else folder / "model" / "model.json"
     common.echo(f"saved in {saved}; report: {out / 'report.md'}")

@@ -78,3 +78,11 @@ def ensure(name: str, target: Path) -> None:
     """Make sample `name` at `target` unless it is already there."""
     if not Path(target).exists():
         make(name, target)
+
+
+def materialise(data_cfg) -> None:
+    """Write the recipe's embedded sample dataset (data.sample) into data.path when that folder
+    is missing; nothing when the recipe names no sample. Here, below training, so that fit,
+    resume and tune share it without importing one another."""
+    if data_cfg.sample:
+        ensure(data_cfg.sample, Path(data_cfg.path))

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UsageError
+from ..pickles import WHY_NO_PICKLE, is_pickle, refuse_pickle
 
 FORMAT = 2
 """2: model.json may hold test_size, which format-1 readers would ignore and predict wrong."""
@@ -104,45 +105,6 @@ def _swap_in(new: Path, folder: Path) -> None:
             os.replace(old, folder)  # put the previous bundle back
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-# Files that unpickle when loaded (fastai's export.pkl, torch.save of a whole model, joblib):
-# loading one runs whatever code its author put in it, so clfapp refuses them by name and content.
-PICKLE_SUFFIXES = {".pkl", ".pickle", ".pth", ".pt", ".ckpt", ".bin", ".joblib", ".dill"}
-WHY_NO_PICKLE = ("clfapp never loads pickled models: opening one runs any code its author put "
-                 "in it. Give a run folder (model/ holds weights.safetensors + model.json); a "
-                 "plain state_dict can start a fit as pretrained weights with --weights FILE "
-                 "(tensors only)")
-
-
-def is_pickle(path: Path) -> bool:
-    """A pickle or a torch.save file, by its suffix or its first bytes (pickle protocol 2+
-    starts with 0x80; torch.save writes a zip archive holding data.pkl)."""
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    if head[:1] == b"\x80":
-        return True
-    if head == b"PK\x03\x04":
-        import zipfile
-        try:
-            with zipfile.ZipFile(path) as z:
-                return any(n.endswith("data.pkl") for n in z.namelist())
-        except (zipfile.BadZipFile, OSError):
-            return False
-    return False
-
-
-def refuse_pickle(path: Path, what: str = "") -> None:
-    """UsageError saying why when `path` is a pickled model file."""
-    path = Path(path)
-    if path.is_file() and is_pickle(path):
-        raise UsageError(f"{what}{path} is a pickle file; {WHY_NO_PICKLE}")
 
 
 def find(path: Path) -> Path:

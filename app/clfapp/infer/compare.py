@@ -23,8 +23,6 @@ import numpy as np
 
 from ..errors import UsageError
 
-EXPORT_META = "onnx.json"
-
 
 @dataclass
 class Model:
@@ -49,41 +47,27 @@ def _torch_parameters(model) -> int:
 
 def load(folder: Path, threads: int) -> Model:
     """A `Model` for a run, ensemble or export folder."""
-    from . import predict
-    from .ensemble import EnsemblePredictor
+    from . import loader
 
     folder = Path(folder)
-    if (folder / EXPORT_META).is_file():
-        return _load_onnx(folder, threads)
-    p = predict.load_predictor(folder)
-    if isinstance(p, EnsemblePredictor):
-        keys = list(dict.fromkeys((m.meta.input_size, m.meta.resize) for m in p.members))
+    p = loader.load(folder, threads=threads)
+    keys = p.inputs
 
-        def run(arrays, p=p, keys=keys):
-            by_key = dict(zip(keys, arrays))
-            return p.combine([m.probabilities_of(by_key[(m.meta.input_size, m.meta.resize)], bs=len(arrays[0]))
-                              for m in p.members])
+    def run(arrays, p=p, keys=keys):
+        return p.probabilities_by_input(dict(zip(keys, arrays)), bs=len(arrays[0]))
+    if p.kind == "onnx":
+        import onnx
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+        # An export lives in RUN/export-N: the run's splits.csv names the items.
+        return Model(f"{folder.parent.name}/{folder.name}", "onnx", p, keys, run,
+                     int(sum(np.prod(t.dims) for t in graph.initializer)),
+                     _files_bytes(folder, ("*.onnx",)), folder.parent)
+    if p.kind == "ensemble":
         return Model(folder.name, "ensemble", p, keys, run,
                      sum(_torch_parameters(m.model) for m in p.members),
                      _files_bytes(folder, ("*.safetensors",)), folder)
-    return Model(folder.name, "run", p, [(p.meta.input_size, p.meta.resize)],
-                 lambda arrays, p=p: p.probabilities_of(arrays[0], bs=len(arrays[0])),
-                 _torch_parameters(p.model), _files_bytes(folder / "model", ("*.safetensors",)), folder)
-
-
-def _load_onnx(folder: Path, threads: int) -> Model:
-    import onnx
-
-    from .onnx_predict import OnnxPredictor
-
-    p = OnnxPredictor(folder, threads=threads)
-    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
-    parameters = int(sum(np.prod(t.dims) for t in graph.initializer))
-    inputs = [(spec["size"], spec["resize"]) for spec in p.meta.inputs]
-    # An export lives in RUN/export-N: the run's splits.csv names the items.
-    return Model(f"{folder.parent.name}/{folder.name}", "onnx", p, inputs,
-                 lambda arrays, p=p: p.probabilities_of(arrays, bs=len(arrays[0])),
-                 parameters, _files_bytes(folder, ("*.onnx",)), folder.parent)
+    return Model(folder.name, "run", p, keys, run, _torch_parameters(p.model),
+                 _files_bytes(folder / "model", ("*.safetensors",)), folder)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -126,7 +110,7 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
     import pandas as pd
     import torch
 
-    from ..data import images
+    from .decoding import decode_per_input
     from .evaluate import labelled_items
 
     if threads:
@@ -143,12 +127,11 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
     if not len(items):
         raise UsageError(f"no labelled items to compare on ({described}); pass --data PATH")
     sample = items["path"].tolist()[:32]
-    pixels = {}
-    for key in dict.fromkeys(k for m in models for k in m.inputs):
-        arr, kept = images.read_many(sample, *key, progress=False)
-        if not len(kept):
-            raise UsageError("none of the images to time could be read")
-        pixels[key] = np.concatenate([arr] * (32 // len(arr) + 1))[:32]  # 32 images to time on
+    decoded, kept = decode_per_input(sample, [k for m in models for k in m.inputs])
+    if not len(kept):
+        raise UsageError("none of the images to time could be read")
+    pixels = {key: np.concatenate([arr] * (32 // len(arr) + 1))[:32]   # 32 images to time on
+              for key, arr in decoded.items()}
     rows = []
     for m in models:
         print(f"measuring {m.name} ...", flush=True)

@@ -38,11 +38,10 @@ Prediction code only: nothing here imports training code.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,74 +49,12 @@ import numpy as np
 
 from ..errors import UsageError
 from ..config import INFER_BS
+from . import members as model_members
+from .decoding import Input, decode_per_input, distinct, gathered, input_of
+from .ensemble_meta import MEMBERS, VOTES, EnsembleMeta, write_meta
 
-FORMAT = 1
-FILE = "ensemble.json"
-MEMBERS = "members"
-VOTES = ("soft", "hard")
 SHARE_DECIMALS = 9      # vote shares are compared at this precision ...
 TIE_BREAK = 1e-10       # ... and a tie is broken by this much of the mean probability (margin)
-
-
-def is_ensemble(folder) -> bool:
-    return (Path(folder) / FILE).is_file()
-
-
-@dataclass
-class EnsembleMeta:
-    """ensemble.json. Has what callers of a bundle's meta read: classes, multi_label,
-    thresholds, label_delim."""
-    vote: str
-    weights: list[float]
-    members: list[str]
-    classes: list[str]
-    multi_label: bool = False
-    label_delim: str = " "
-    thresholds: list[float] | None = None
-    created: str = ""
-    versions: dict = field(default_factory=dict)
-    format: int = FORMAT
-    kind: str = "ensemble"
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        order = ("format", "kind", "vote", "weights", "members", "classes", "multi_label",
-                 "label_delim", "thresholds", "created", "versions")
-        return json.dumps({k: d[k] for k in order}, indent=2) + "\n"
-
-
-def read_meta(folder) -> EnsembleMeta:
-    path = Path(folder) / FILE
-    if not path.is_file():
-        raise UsageError(f"{folder} is not an ensemble (no {FILE})")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}")
-    if not isinstance(raw, dict) or raw.get("kind") != "ensemble":
-        raise UsageError(f"{path} is not a clfapp ensemble description (kind is not 'ensemble')")
-    version = raw.get("format", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT:
-        raise UsageError(f"{path} has ensemble format {version!r}; this clfapp reads up to "
-                         f"{FORMAT}; upgrade clfapp")
-    known = {f.name for f in fields(EnsembleMeta)}
-    try:
-        meta = EnsembleMeta(**{k: v for k, v in raw.items() if k in known})
-    except TypeError as e:
-        raise UsageError(f"{path} is not a valid clfapp ensemble description: {e}")
-    if meta.vote not in VOTES:
-        raise UsageError(f"{path}: vote must be one of {', '.join(VOTES)}, got {meta.vote!r}")
-    if len(meta.weights) != len(meta.members) or not meta.members:
-        raise UsageError(f"{path}: {len(meta.weights)} weights for {len(meta.members)} members")
-    return meta
-
-
-def write_meta(folder, meta: EnsembleMeta) -> None:
-    """Write ensemble.json atomically (e.g. after a threshold search)."""
-    target = Path(folder) / FILE
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(meta.to_json())
-    os.replace(tmp, target)
 
 
 # --- voting ----------------------------------------------------------------------------------
@@ -181,34 +118,43 @@ class EnsemblePredictor:
     plus `member_probabilities` for per-member figures.
     """
 
+    kind = "ensemble"
+
     def __init__(self, folder):
         from .predict import Predictor
 
         self.folder = Path(folder)
-        self.meta = read_meta(self.folder)
-        self.names = list(self.meta.members)
+        read = model_members.read_ensemble(self.folder)   # members present, classes checked
+        self.meta = read.ensemble
+        self.names = [m.name for m in read.members]
         self.weights = np.asarray(self.meta.weights, dtype=float)
-        self.members = []
-        for name in self.names:
-            where = self.folder / MEMBERS / name
-            if not where.is_dir():
-                raise UsageError(f"{self.folder}: member {name} is missing ({where})")
-            member = Predictor(where)
-            if member.meta.classes != self.meta.classes or member.meta.multi_label != self.meta.multi_label:
-                raise UsageError(f"{where}: its classes differ from those in {self.folder / FILE}")
-            self.members.append(member)
+        self.members = [Predictor(m.folder) for m in read.members]
 
     @property
     def classes(self) -> list[str]:
         return self.meta.classes
 
+    @property
+    def inputs(self) -> list[Input]:
+        """The members' distinct (size, resize): each image is decoded once per input."""
+        return distinct(input_of(m.meta) for m in self.members)
+
     def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities (or hard-vote matrix) from the members'."""
         if self.meta.vote == "hard":
-            from .predict import decision_thresholds
+            from ..decisions import decision_thresholds
             return hard_vote(member_probs, self.weights, self.meta.multi_label,
                              [decision_thresholds(m.meta) for m in self.members])
         return soft_vote(member_probs, self.weights)
+
+    def each_member_on(self, pixels: dict, tta: bool = False, bs: int = INFER_BS) -> list[np.ndarray]:
+        """Each member's probabilities for decoded images given per input, on its own pixels."""
+        return [m.probabilities_of(pixels[input_of(m.meta)], tta, bs) for m in self.members]
+
+    def probabilities_by_input(self, pixels: dict, bs: int = INFER_BS) -> np.ndarray:
+        """The ensemble's probabilities for decoded images given per input
+        ({(size, resize): N x S x S x 3})."""
+        return self.combine(self.each_member_on(pixels, bs=bs))
 
     def member_probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
                              progress: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
@@ -217,36 +163,17 @@ class EnsemblePredictor:
         skipped with a warning."""
         from fastprogress.fastprogress import progress_bar
 
-        from ..data import images
-
-        groups: dict[tuple, list[int]] = {}
-        for i, m in enumerate(self.members):
-            groups.setdefault((m.meta.input_size, m.meta.resize), []).append(i)
-        out: list[list[np.ndarray]] = [[] for _ in self.members]
-        kept_all = []
+        pieces, kept = [], []
         starts = range(0, len(paths), bs)
         batches = progress_bar(starts) if progress and len(starts) > 3 else starts
         for start in batches:
-            idx = np.arange(start, min(start + bs, len(paths)))
-            common, pixels = idx, {}
-            for key in groups:   # an image unreadable at one size is dropped for every member
-                arr, ok = images.read_many([paths[i] for i in common], *key, progress=False)
-                if len(ok) < len(common):
-                    pixels = {k: v[np.isin(common, common[ok])] for k, v in pixels.items()}
-                    common = common[ok]
-                pixels[key] = arr
-            if not len(common):
+            pixels, ok = decode_per_input(paths[start:start + bs], self.inputs)
+            if not len(ok):
                 continue
-            for key, members in groups.items():
-                for i in members:
-                    out[i].append(self.members[i].probabilities_of(pixels[key], tta, bs))
-            kept_all.append(common)
-        if not kept_all:
-            raise UsageError("none of the images could be read")
-        kept = np.concatenate(kept_all)
-        if len(kept) < len(paths):
-            print(f"warning: {len(paths) - len(kept)} unreadable image(s) skipped", file=sys.stderr)
-        return [np.concatenate(p) for p in out], kept
+            pieces.append(np.stack(self.each_member_on(pixels, tta, bs), axis=1))  # N x M x C
+            kept.append(ok + start)
+        stacked, kept = gathered(pieces, kept, len(paths))
+        return [np.ascontiguousarray(stacked[:, i]) for i in range(len(self.members))], kept
 
     def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
@@ -274,36 +201,6 @@ def measure(predictor: EnsemblePredictor, items, tta: bool = False, bs: int = IN
 
 
 # --- building an ensemble folder -----------------------------------------------------------
-
-def check_members(runs: list[Path]) -> list:
-    """The members' bundle metas; nested ensembles, and members that differ in kind or in
-    classes, are refused with one line naming the difference."""
-    from . import bundle
-
-    if len(runs) < 2:
-        raise UsageError("an ensemble needs at least two runs")
-    for r in runs:
-        if is_ensemble(r):
-            raise UsageError(f"{r} is itself an ensemble; nesting ensembles is not supported: "
-                             "give its member runs instead")
-    metas = [bundle.read_meta(r) for r in runs]
-    a, first = runs[0], metas[0]
-    kind = {True: "multi-label", False: "single-label"}
-    for b, meta in zip(runs[1:], metas[1:]):
-        if meta.multi_label != first.multi_label:
-            raise UsageError(f"{a.name} is {kind[first.multi_label]} but {b.name} is "
-                             f"{kind[meta.multi_label]}; members must be the same kind of model")
-        if meta.classes != first.classes:
-            what = "label sets" if first.multi_label else "classes"
-            only_a = [c for c in first.classes if c not in meta.classes]
-            only_b = [c for c in meta.classes if c not in first.classes]
-            if not only_a and not only_b:
-                raise UsageError(f"{a.name} and {b.name} have the same {what} in a different "
-                                 f"order ({', '.join(first.classes[:8])} vs {', '.join(meta.classes[:8])})")
-            raise UsageError(f"{a.name} and {b.name} have different {what}: only in {a.name}: "
-                             f"{', '.join(only_a[:8]) or '-'}; only in {b.name}: {', '.join(only_b[:8]) or '-'}")
-    return metas
-
 
 def shared_items(runs: list[Path], data_given: bool):
     """The items every member lists with the same split (a DataFrame like splits.csv), after
@@ -388,13 +285,13 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
     the shared splits.csv, measure each member and the ensemble, search multi-label thresholds
     (soft vote) on the ensemble's own probabilities, write metrics.json and report.md."""
     from . import bundle
-    from ..report import runs as runfolders
+    from .. import runs as runfolders
     from . import thresholds as th
 
     runs = [Path(r) for r in runs]
     if vote not in VOTES:
         raise UsageError(f"--vote must be one of {', '.join(VOTES)}, got {vote!r}")
-    metas = check_members(runs)
+    metas = model_members.check_runs(runs)
     w = normalise_weights(weights, len(runs))
     first = metas[0]
     search_metric, search_mode = _thresholds_config(runs[0])

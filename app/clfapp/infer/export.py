@@ -26,26 +26,22 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from . import bundle
-
+from . import bundle, members as model_members, model_io
+from .decoding import decode_per_input, distinct, input_of
+from .onnx_format import FLAT_KEYS, FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME
 from ..data import images
 from ..errors import UsageError
 
-ONNX_FILE, META_FILE = "model.onnx", "onnx.json"
-ENSEMBLE_FILE = "ensemble.json"
-FORMAT = 1
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 MAX_OPSET = 20   # the TorchScript exporter's newest opset in torch 2.14
 DEFAULT_TOLERANCE = 1e-4
 PARITY_IMAGES = 64
-OUTPUT_NAME = "probabilities"
 INTERPOLATION = "bicubic"
 """What images.read_image resizes with (PIL bicubic), whatever the arch's own default is:
 this is the resampling a consumer must reproduce."""
@@ -58,62 +54,24 @@ class ExportFailed(UsageError):
     exit_code = 1
 
 
-@dataclass
-class Member:
-    name: str
-    folder: Path           # a folder bundle.find understands (run folder or members/NAME)
-    meta: bundle.BundleMeta
-    weight: float
-
-
-def is_ensemble(folder: Path) -> bool:
-    return (Path(folder) / ENSEMBLE_FILE).is_file()
-
-
-def read_source(folder: Path) -> tuple[list[Member], dict]:
-    """(members, facts) of a run folder (one member, weight 1) or an ensemble folder."""
-    folder = Path(folder)
-    if not is_ensemble(folder):
-        meta = bundle.read_meta(folder)
-        facts = dict(kind="run", classes=meta.classes, multi_label=meta.multi_label,
-                     thresholds=meta.thresholds, label_delim=meta.label_delim, vote=None,
-                     weights=None)
-        return [Member(folder.name, folder, meta, 1.0)], facts
-    from . import ensemble
-
-    ens = ensemble.read_meta(folder)  # one reader of ensemble.json, with its checks
-    names, weights = ens.members, ens.weights
-    if ens.vote != "soft":
-        raise UsageError(f"{folder} is a {ens.vote!r}-vote ensemble: its answer is a majority "
+def read_source(folder: Path) -> tuple[list[model_members.Member], dict]:
+    """(members, facts) of a run folder (one member, weight 1) or a soft-vote ensemble folder."""
+    source = model_members.read(folder)   # the members' one reader, with its checks
+    if source.vote == "hard":
+        raise UsageError(f"{folder} is a 'hard'-vote ensemble: its answer is a majority "
                          "of member labels, not probabilities, so it has no ONNX graph; only "
                          "soft-vote ensembles export (make one with vote 'soft')")
-    total = float(sum(weights))
-    members = []
-    for name, w in zip(names, weights):
-        where = folder / "members" / str(name)
-        meta = bundle.read_meta(where)
-        members.append(Member(str(name), where, meta, float(w) / total))
-    classes, multi = ens.classes, bool(ens.multi_label)
-    for m in members:
-        if list(m.meta.classes) != list(classes) or bool(m.meta.multi_label) != multi:
-            raise UsageError(f"ensemble member {m.name} does not share the ensemble's classes "
-                             f"(in the same order) and multi-label flag; it cannot be averaged")
-    facts = dict(kind="ensemble", classes=list(classes), multi_label=multi,
-                 thresholds=ens.thresholds, label_delim=ens.label_delim,
-                 vote="soft", weights=[m.weight for m in members])
-    return members, facts
+    facts = dict(kind=source.kind, classes=source.classes, multi_label=source.multi_label,
+                 thresholds=source.thresholds, label_delim=source.label_delim, vote=source.vote,
+                 weights=None if source.ensemble is None else [m.weight for m in source.members])
+    return source.members, facts
 
 
-def input_groups(members: list[Member]) -> list[dict]:
+def input_groups(members: list[model_members.Member]) -> list[dict]:
     """One graph input per distinct preprocessing (size, resize), in member order."""
-    groups: list[dict] = []
-    for i, m in enumerate(members):
-        key = (int(m.meta.input_size), m.meta.resize)
-        g = next((g for g in groups if (g["size"], g["resize"]) == key), None)
-        if g is None:
-            g = dict(size=key[0], resize=key[1], members=[])
-            groups.append(g)
-        g["members"].append(i)
+    keys = [input_of(m.meta) for m in members]
+    groups = [dict(size=size, resize=resize, members=[i for i, k in enumerate(keys) if k == (size, resize)])
+              for size, resize in distinct(keys)]
     sizes = [g["size"] for g in groups]
     for g in groups:
         if len(groups) == 1:
@@ -125,7 +83,7 @@ def input_groups(members: list[Member]) -> list[dict]:
     return groups
 
 
-def _graph(members: list[Member], groups: list[dict]):
+def _graph(members: list[model_members.Member], groups: list[dict]):
     """The torch module to export: inputs in [0, 1] -> weighted mean of member probabilities."""
     import torch
     import torch.nn as nn
@@ -134,12 +92,12 @@ def _graph(members: list[Member], groups: list[dict]):
         def __init__(self, model, meta):
             super().__init__()
             self.model, self.multi_label = model, bool(meta.multi_label)
-            self.register_buffer("mean", torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("mean", model_io.channel_stats(meta.mean))
+            self.register_buffer("std", model_io.channel_stats(meta.std))
 
         def forward(self, x):
-            logits = self.model((x - self.mean) / self.std)
-            return logits.sigmoid() if self.multi_label else logits.softmax(dim=1)
+            logits = self.model(model_io.normalise(x, self.mean, self.std))
+            return model_io.activate(logits, self.multi_label)
 
     class Graph(nn.Module):
         def __init__(self):
@@ -172,7 +130,8 @@ def library_versions() -> dict:
     return out
 
 
-def describe(members: list[Member], facts: dict, groups: list[dict], opset: int, source: Path) -> dict:
+def describe(members: list[model_members.Member], facts: dict, groups: list[dict], opset: int,
+             source: Path) -> dict:
     """The facts written to onnx.json and into the ONNX file's metadata_props."""
     one = members[0].meta if len(members) == 1 else None
     single_input = groups[0] if len(groups) == 1 else None
@@ -208,11 +167,6 @@ def describe(members: list[Member], facts: dict, groups: list[dict], opset: int,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-
-
-METADATA_KEY = "clfapp"
-FLAT_KEYS = ("classes", "multi_label", "thresholds", "label_delim", "inputs", "vote", "weights",
-             "opset", "versions")
 
 
 def _export_graph(graph, groups: list[dict], target: Path, opset: int) -> None:
@@ -273,33 +227,20 @@ def validation_paths(folder: Path, limit: int = PARITY_IMAGES) -> list[str]:
     return paths
 
 
-def parity_pixels(folder: Path, groups: list[dict]) -> tuple[list[np.ndarray], str]:
-    """The same decoded pixels (one uint8 N x S x S x 3 array per input group) for both sides:
+def parity_pixels(folder: Path, groups: list[dict]) -> tuple[dict, str]:
+    """The same decoded pixels for both sides, per input ({(size, resize): uint8 N x S x S x 3}):
     real validation images where there are any, else seeded random pixels (said on stderr)."""
+    keys = [(g["size"], g["resize"]) for g in groups]
     paths = validation_paths(folder)
     if paths:
-        decoded = [images.read_many(paths, g["size"], g["resize"], progress=False) for g in groups]
-        kept = sorted(set.intersection(*(set(k) for _, k in decoded)))
-        if kept:
-            arrays = [a[[k.index(i) for i in kept]] for a, k in decoded]
-            return arrays, f"{len(kept)} validation images (splits.csv)"
+        pixels, kept = decode_per_input(paths, keys)
+        if len(kept):
+            return pixels, f"{len(kept)} validation images (splits.csv)"
     print(f"warning: {folder} has no readable validation images (splits.csv); the parity check "
           "uses 8 random images instead", file=sys.stderr)
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (8, g["size"], g["size"], 3), dtype=np.uint8) for g in groups], \
-        "8 random images (no validation images found)"
-
-
-def torch_probabilities(members: list[Member], groups: list[dict], pixels: list[np.ndarray]) -> np.ndarray:
-    """The PyTorch answer: each member's predict.Predictor on its own pixels, weighted mean."""
-    from .predict import Predictor
-
-    out = None
-    for i, m in enumerate(members):
-        k = next(k for k, g in enumerate(groups) if i in g["members"])
-        p = Predictor(m.folder).probabilities_of(pixels[k]).astype(np.float64) * m.weight
-        out = p if out is None else out + p
-    return out
+    return {(size, resize): rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+            for size, resize in keys}, "8 random images (no validation images found)"
 
 
 def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
@@ -312,8 +253,8 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
     """
     import shutil
 
-    from ..report import runs
-    from .onnx_predict import OnnxPredictor
+    from .. import runs
+    from . import loader
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
@@ -339,8 +280,8 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
         _write_json(folder / META_FILE, described)
 
         pixels, what = parity_pixels(source, groups)
-        theirs = torch_probabilities(members, groups, pixels)
-        ours = OnnxPredictor(folder).probabilities_of(pixels).astype(np.float64)
+        theirs = loader.load(source).probabilities_by_input(pixels).astype(np.float64)
+        ours = loader.load(folder).probabilities_by_input(pixels).astype(np.float64)
         diff = float(np.abs(theirs - ours).max())
         described["parity"] = {"max_abs_diff": diff, "tolerance": tolerance, "images": what,
                                "passed": bool(diff <= tolerance)}

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..data import images
-from ..errors import UsageError
-from .export import FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME
+from .. import runs
 from ..config import INFER_BS
+from ..errors import UsageError
+from .decoding import Input, decode_per_input, gathered
+from .onnx_format import FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME, is_export
 
 
 @dataclass
@@ -39,10 +39,9 @@ class ExportMeta:
 def find_export(folder: Path) -> Path:
     """`folder` itself when it is an export folder, else its newest export-N/ holding one."""
     folder = Path(folder)
-    if (folder / META_FILE).is_file() or (folder / ONNX_FILE).is_file():
+    if is_export(folder):
         return folder
-    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
-             if (m := re.fullmatch(r"export-(\d+)", p.name)) and (p / META_FILE).is_file()]
+    found = [(n, p) for n, p in runs.numbered(folder, "export") if (p / META_FILE).is_file()]
     if not found:
         raise UsageError(f"{folder} has no ONNX export (no export-N/{META_FILE}); run "
                          f"`clfapp export {folder} --format onnx` first")
@@ -59,6 +58,8 @@ def _default_threads() -> int:
 
 class OnnxPredictor:
     """An export folder's model.onnx in an ONNX Runtime session, with onnx.json's preprocessing."""
+
+    kind = "onnx"
 
     def __init__(self, folder: Path, threads: int | None = None):
         import onnxruntime as ort
@@ -121,6 +122,15 @@ class OnnxPredictor:
     def classes(self) -> list[str]:
         return self.meta.classes
 
+    @property
+    def inputs(self) -> list[Input]:
+        """(size, resize) of each graph input, in onnx.json's order."""
+        return [(int(spec["size"]), spec["resize"]) for spec in self.meta.inputs]
+
+    def probabilities_by_input(self, pixels: dict, bs: int = INFER_BS) -> np.ndarray:
+        """Probabilities for decoded images given per input ({(size, resize): N x S x S x 3})."""
+        return self.probabilities_of([pixels[key] for key in self.inputs], bs=bs)
+
     def probabilities_of(self, pixels, tta: bool = False, bs: int = INFER_BS) -> np.ndarray:
         """Probabilities for decoded images: one N x S x S x 3 uint8 array per graph input
         (a list, in onnx.json's input order; a bare array for a one-input graph)."""
@@ -147,16 +157,11 @@ class OnnxPredictor:
             self.probabilities_of([], tta=True)  # the refusal, worded once
         out, kept = [], []
         for start in range(0, len(paths), bs):
-            chunk = paths[start:start + bs]
-            decoded = [images.read_many(chunk, spec["size"], spec["resize"], progress=False)
-                       for spec in self.meta.inputs]
-            ok = sorted(set.intersection(*(set(k) for _, k in decoded)))
-            if not ok:
+            pixels, ok = decode_per_input(paths[start:start + bs], self.inputs)
+            if not len(ok):
                 continue
-            arrays = [a[[k.index(j) for j in ok]] for a, k in decoded]
-            out.append(self.probabilities_of(arrays, bs=bs))
-            kept.append(np.asarray(ok) + start)
-        from .predict import gathered  # numpy only: no torch comes with it
+            out.append(self.probabilities_by_input(pixels, bs=bs))
+            kept.append(ok + start)
         return gathered(out, kept, len(paths))
 
 

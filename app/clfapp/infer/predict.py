@@ -9,6 +9,9 @@ import numpy as np
 from ..data import images
 from ..errors import UsageError
 from ..config import INFER_BS
+from ..decisions import decision_thresholds
+from . import model_io
+from .decoding import Input, gathered, input_of
 
 
 def collect_paths(inputs: list[str]) -> list[str]:
@@ -102,19 +105,30 @@ def _mirrored(x, view: tuple[str, ...]):
 class Predictor:
     """A bundle's model with its preprocessing: `probabilities(paths)`."""
 
+    kind = "run"
+
     def __init__(self, run: Path):
         import torch
 
         from . import bundle
         self.model, self.meta = bundle.load(run)
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.meta.std).view(1, 3, 1, 1)
+        self.mean = model_io.channel_stats(self.meta.mean)
+        self.std = model_io.channel_stats(self.meta.std)
         self._told_no_tta = False
 
     @property
     def classes(self) -> list[str]:
         return self.meta.classes
+
+    @property
+    def inputs(self) -> list[Input]:
+        """The one (size, resize) this model takes its images at."""
+        return [input_of(self.meta)]
+
+    def normalise(self, x01):
+        """Images in [0, 1] (N x 3 x S x S float) as this model was trained on them."""
+        return model_io.normalise(x01, self.mean, self.std)
 
     @property
     def tta_flips(self) -> list[str]:
@@ -138,7 +152,7 @@ class Predictor:
         differently. For a model trained without flips, TTA is a no-op (said once on stderr).
         """
         import torch
-        x = ((x_uint8.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = self.normalise(x_uint8.float() / 255.0).contiguous(memory_format=torch.channels_last)
         views = tta_views(self.tta_flips) if tta else [()]
         if tta and len(views) == 1:
             self._say_no_tta()
@@ -155,13 +169,17 @@ class Predictor:
             self._told_no_tta = True
 
     def _activate(self, logits):
-        return logits.sigmoid() if self.meta.multi_label else logits.softmax(dim=1)
+        return model_io.activate(logits, self.meta.multi_label)
 
     def probabilities_of(self, pixels: np.ndarray, tta: bool = False, bs: int = INFER_BS) -> np.ndarray:
         """Probabilities for already decoded images (N x S x S x 3 uint8, as images.read_image)."""
         import torch
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         return np.concatenate([self.forward(x[i:i + bs], tta).numpy() for i in range(0, len(x), bs)])
+
+    def probabilities_by_input(self, pixels: dict, bs: int = INFER_BS) -> np.ndarray:
+        """Probabilities for decoded images given per input ({(size, resize): N x S x S x 3})."""
+        return self.probabilities_of(pixels[self.inputs[0]], bs=bs)
 
     def batches(self, paths: list[str], tta: bool = False, bs: int = INFER_BS, workers: int = 0):
         """(indices into `paths`, probs) per batch, in order, decoding in `workers` processes
@@ -218,34 +236,6 @@ def tta_default(predictor, asked: bool | None) -> bool:
     if members:
         return all(getattr(m.meta, "tta", False) for m in members)
     return bool(getattr(predictor.meta, "tta", False))
-
-
-def load_predictor(folder: Path):
-    """The predictor of anything a run is accepted as: an ensemble folder (it holds
-    ensemble.json) gives an ensemble.EnsemblePredictor, a run or bundle folder a Predictor;
-    anything else is a usage error."""
-    from . import ensemble
-    if ensemble.is_ensemble(folder):
-        return ensemble.EnsemblePredictor(folder)
-    return Predictor(folder)
-
-
-def gathered(probs: list[np.ndarray], kept: list[np.ndarray], n_paths: int):
-    """(probs, kept indices) from per-batch pieces; says how many images were unreadable, and
-    stops when none could be read (every predictor ends this way)."""
-    if not probs:
-        raise UsageError("none of the images could be read")
-    skipped = n_paths - sum(map(len, kept))
-    if skipped:
-        print(f"warning: {skipped} unreadable image(s) skipped", file=sys.stderr)
-    return np.concatenate(probs), np.concatenate(kept)
-
-
-def decision_thresholds(meta, override: float | None = None) -> np.ndarray:
-    """The multi-label thresholds in force: --threshold, else the bundle's, else 0.5."""
-    if override is not None:
-        return np.full(len(meta.classes), float(override))
-    return np.asarray(meta.thresholds if meta.thresholds else [0.5] * len(meta.classes))
 
 
 def multilabel_table(paths: list[str], probs: np.ndarray, meta, threshold: float | None = None):

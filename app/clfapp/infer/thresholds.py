@@ -64,9 +64,9 @@ class Tuned:
 def tune(run, probs: np.ndarray, y: np.ndarray, metric: str, mode: str) -> Tuned:
     """Search thresholds on (probs, y) and store them in the run's bundle (model.json), or an
     ensemble's ensemble.json."""
-    from . import bundle, ensemble
+    from . import bundle, ensemble_meta
 
-    store = ensemble if ensemble.is_ensemble(run) else bundle
+    store = ensemble_meta if ensemble_meta.is_ensemble(run) else bundle
     meta = store.read_meta(run)
     found = search(probs, y, metric, mode)
     meta.thresholds = found.thresholds

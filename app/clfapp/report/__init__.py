@@ -6,38 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path) -> None:
-    plt = _pyplot()
-    cm = np.asarray(cm)
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 2)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), classes, rotation=90)
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+from .plots import confusion_matrix_png, pyplot
 
 
 def curves_png(results_csv: Path, path: Path) -> None:
     """Loss and metric curves from results.csv."""
     import pandas as pd
-    plt = _pyplot()
+    plt = pyplot()
     df = pd.read_csv(results_csv)
     metric_cols = [c for c in df.columns if c not in ("epoch", "phase", "train_loss", "valid_loss", "lr", "seconds")]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -54,7 +29,7 @@ def curves_png(results_csv: Path, path: Path) -> None:
 
 def lr_find_png(lrs: list, losses: list, suggestions: dict, path: Path) -> None:
     """Loss against learning rate (log scale) with the finder's suggestions marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     end = max(1, len(lrs) - 5)  # the last steps diverge and squash the plot
     ax.plot(lrs[:end], losses[:end])
@@ -128,7 +103,7 @@ def write_metrics(folder: Path, m: dict, classes: list[str], title: str, extra: 
 
 def threshold_curve_png(curve: list, chosen: list[float], metric: str, path: Path) -> None:
     """The metric against one global threshold, with 0.5 and the chosen threshold(s) marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([c[0] for c in curve], [c[1] for c in curve])
     ax.axvline(0.5, color="grey", linestyle=":", label="0.5")

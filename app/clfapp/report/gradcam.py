@@ -62,12 +62,12 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.nda
 
 def for_images(predictor, pixels: np.ndarray, classes: list[int]) -> list[np.ndarray] | None:
     """Overlays for decoded images (N x S x S x 3 uint8) through a Predictor's model and its
-    normalisation; None when the model has nothing to explain."""
+    normalisation (`predictor.normalise`); None when the model has nothing to explain."""
     import torch
 
     model = predictor.model.float().to(memory_format=torch.contiguous_format)
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - predictor.mean) / predictor.std
+    x01 = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    x = predictor.normalise(x01)
     heat = heatmaps(model, x, classes)
     if heat is None:
         return None

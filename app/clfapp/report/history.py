@@ -181,7 +181,8 @@ def compare(folders: list[Path], out: Path) -> Path:
     out/curves.png, out/report.html, out/report.md and out/runs.csv. Returns report.html."""
     import pandas as pd
 
-    from . import _pyplot, blocks, html
+    from . import blocks, html
+    from .plots import pyplot
 
     if len(folders) < 2:
         raise UsageError("--compare needs at least two runs")
@@ -194,7 +195,7 @@ def compare(folders: list[Path], out: Path) -> Path:
             raise UsageError(f"{f} has no results.csv (an ensemble has no training curves): "
                              "compare trained runs")
         runs.append(r)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     (a_tl, a_vl), (a_m, a_lr) = axes
     for r in runs:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .blocks import (BR, bullets, data_uri, figure, from_markdown, grid, heading, image_file, note,
                      para, pre, section, table)
+from .plots import pyplot
 
 FILE = "report.html"
 TOP_LOSSES = 12
@@ -92,7 +93,7 @@ def evidence_of(predictor, items, probs, y, described: str = "", threshold: floa
     single = hasattr(predictor, "model")
     thresholds = None
     if meta.multi_label:
-        from ..infer.predict import decision_thresholds
+        from ..decisions import decision_thresholds
         thresholds = decision_thresholds(meta, threshold)
     size = getattr(meta, "input_size", 0) or (predictor.members[0].meta.input_size if hasattr(predictor, "members") else 0)
     resize = getattr(meta, "resize", "") or (predictor.members[0].meta.resize if hasattr(predictor, "members") else "squish")
@@ -183,13 +184,8 @@ def _grid_png(tiles: list[np.ndarray], path: Path, cols: int = 6, side: int = TH
     sheet.save(path)
 
 
-def _pyplot():
-    from . import _pyplot as pp
-    return pp()
-
-
 def _save(fig, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -283,7 +279,7 @@ def _schedule(c) -> list[dict]:
     if not steps.is_file():
         return [note("no training here (steps.csv, written by fit, has the LR and momentum of every step)")]
     df = pd.read_csv(steps)
-    plt = _pyplot()
+    plt = pyplot()
     has_mom = "mom" in df and df["mom"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_mom else 1, figsize=(10 if has_mom else 5.5, 3.2), squeeze=False)
     axes = axes[0]
@@ -347,7 +343,7 @@ def _confusion(c) -> list[dict]:
     cm = _confusion_counts(c)
     if cm is None:
         return [note("no confusion matrix recorded")]
-    from . import confusion_matrix_png
+    from .plots import confusion_matrix_png
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     _normalised_png(norm, classes, folder / "plots" / "confusion_matrix_norm.png")
     c["md"] += ["![confusion matrix, row-normalised](plots/confusion_matrix_norm.png)", ""]
@@ -362,7 +358,7 @@ def _confusion(c) -> list[dict]:
 
 
 def _normalised_png(norm: np.ndarray, classes: list[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 2)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -402,7 +398,7 @@ def _roc_pr(c) -> list[dict]:
     if ev is None:
         return [note("ROC and PR curves need the predictions; not recorded here")]
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-    plt = _pyplot()
+    plt = pyplot()
     y = _onevsrest(ev)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
     if len(ev.classes) > 10:   # tab10 would give two classes one colour
@@ -608,7 +604,7 @@ def _thresholds(c) -> list[dict]:
     points = np.linspace(0.02, 0.98, 49)
     y = ev.y.astype(bool)
     chosen = ev.thresholds if ev.thresholds is not None else np.full(len(ev.classes), 0.5)
-    plt = _pyplot()
+    plt = pyplot()
     n = len(ev.classes)
     cols = min(4, n)
     rows = (n + cols - 1) // cols
@@ -648,7 +644,7 @@ def write_comparison(folder: Path, comparison, described: str, settings: dict) -
     (folder / "plots").mkdir(exist_ok=True)
     quality = [k for k in ("accuracy", "f1_micro", "f1_macro", "map", "roc_auc") if k in comparison.columns]
     speed = [k for k in ("latency_ms_bs1", "images_per_s_bs32") if k in comparison.columns]
-    plt = _pyplot()
+    plt = pyplot()
     panels = quality[:2] + speed
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.45 * len(comparison) + 1.6),
                              squeeze=False)

@@ -65,12 +65,6 @@ class Prepared:
     set by fit before training; 0 = data.size."""
 
 
-def prepare_data_path(cfg: Config) -> None:
-    """Materialise the recipe's embedded sample dataset when its folder is missing."""
-    if cfg.data.sample:
-        samples.ensure(cfg.data.sample, Path(cfg.data.path))
-
-
 def _metrics(multi_label: bool):
     """Validation metrics shown each epoch, in results.csv and watched by `train.monitor`.
 
@@ -115,7 +109,7 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
     # Seeded after the weights are found: converting pip-shipped weights on a machine's first
     # run builds a timm model (random init), which would shift every draw after it.
     reproducible.seed(cfg.train)   # and train.deterministic's settings
-    ds = distributed.rank0_first(lambda: (prepare_data_path(cfg), data.load(cfg))[1]) if dataset is None else dataset
+    ds = distributed.rank0_first(lambda: (samples.materialise(cfg.data), data.load(cfg))[1]) if dataset is None else dataset
     if dataset is None:
         ds.items.to_csv(folder / "splits.csv", index=False)
     counts = ds.items["split"].value_counts()

@@ -623,10 +623,9 @@ def load_data(cfg, folder: Path, started: dict):
     """The run's data, split as its splits.csv says; refuses (UsageError) when images were
     added, removed or relabelled, or decode to other pixels, since the run started."""
     from .. import data
-    from ..data import images
-    from . import prepare_data_path
+    from ..data import images, samples
 
-    prepare_data_path(cfg)
+    samples.materialise(cfg.data)
     rec = started["items"]
     rec_label = dict(zip(rec["path"], rec["label"]))
     scanned = data.scan(cfg.data)
@@ -680,29 +679,3 @@ def _note_differences(started: dict) -> None:
     if diff:
         print(f"note: resumed with other versions than the run started with ({', '.join(diff)}); "
               f"its remaining epochs may differ in the last digits", flush=True)
-
-
-def resume(folder: Path, started: float | None = None):
-    """`clfapp fit --resume RUN`: train RUN's remaining epochs and finish it as `fit` would."""
-    from . import fit, reproducible, schedules
-
-    lock(folder)
-    try:
-        return _resume(folder, started, fit, reproducible, schedules)
-    finally:
-        unlock(folder)
-
-
-def _resume(folder, started, fit, reproducible, schedules):
-    r = open_run(folder)
-    h, cfg = r.header, r.cfg
-    if cfg.train.deterministic:
-        reproducible.use_threads(h["started"]["threads"])
-    total = r.total = sum(schedules.phases(cfg.train, bool(cfg.model.pretrained)))
-    if r.training_done:
-        print(f"resuming {folder}: its training had ended ({h['epochs_done']} epochs); "
-              f"writing its model and report", flush=True)
-    else:
-        print(f"resuming {folder} after epoch {h['epochs_done'] - 1} ({h['epochs_done']} of "
-              f"{total} epochs done, checkpoint of {h['saved']})", flush=True)
-    return fit(cfg, folder, started=started, checkpoints=True, resume=r)

@@ -64,11 +64,10 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from torch import nn
 
-from ..infer import bundle
+from ..infer import bundle, members as model_members, model_io
 from ..errors import UsageError
 from ..config import INFER_BS
-
-ENSEMBLE_FILE = "ensemble.json"
+from ..pickles import refuse_pickle
 
 
 # --- the teacher -----------------------------------------------------------------------------
@@ -124,8 +123,7 @@ class Teacher:
                 logits = m.model(member_input(x01, m.meta)).float()
                 if m.cols is not None:
                     logits = logits[:, m.cols]
-                p = (logits / temperature).sigmoid() if self.multi_label else \
-                    (logits / temperature).softmax(dim=1)
+                p = model_io.activate(logits / temperature, self.multi_label)
                 out = p * m.weight if out is None else out + p * m.weight
         return out
 
@@ -142,62 +140,35 @@ def member_input(x01: torch.Tensor, meta: bundle.BundleMeta) -> torch.Tensor:
     if meta.size != size or x01.shape[-2] != meta.size:
         x01 = F.interpolate(x01, size=(meta.size, meta.size), mode="bilinear",
                             align_corners=False, antialias=meta.size < size)
-    mean = torch.tensor(meta.mean, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
-    std = torch.tensor(meta.std, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
-    return ((x01 - mean) / std).contiguous(memory_format=torch.channels_last)
+    mean, std = model_io.channel_stats(meta.mean, like=x01), model_io.channel_stats(meta.std, like=x01)
+    return model_io.normalise(x01, mean, std).contiguous(memory_format=torch.channels_last)
 
 
 def load_teacher(folder) -> Teacher:
-    """A teacher from a run folder (model/ bundle) or an ensemble folder (ensemble.json);
-    anything else is a usage error."""
+    """A teacher from a run folder (model/ bundle) or an ensemble folder (ensemble.json), its
+    members read and checked as everywhere else (infer/members.py); anything else is a usage
+    error."""
     folder = Path(folder)
-    bundle.refuse_pickle(folder, "teacher ")
+    refuse_pickle(folder, "teacher ")
     if not folder.is_dir():
         raise UsageError(f"teacher {folder} is not a folder; give a run folder (runs/NAME) or "
                          "an ensemble folder")
-    if (folder / ENSEMBLE_FILE).is_file():
-        return _load_ensemble(folder)
     try:
-        model, meta = bundle.load(folder)
+        source = model_members.read(folder)
+        members = [Member(m.name, _frozen(bundle.load(m.folder)[0]), m.meta, m.weight)
+                   for m in source.members]
     except UsageError as e:
         raise UsageError(f"teacher {folder}: {e}")
-    run = folder.parent if folder.name == "model" and not (folder / "model").is_dir() else folder
-    return Teacher(folder, "run", [Member(folder.name, _frozen(model), meta, 1.0)],
-                   list(meta.classes), meta.multi_label,
-                   config=_first_file([run / "config.toml"]),
-                   splits=run if (run / "splits.csv").is_file() else None)
-
-
-def _load_ensemble(folder: Path) -> Teacher:
-    from ..infer import ensemble
-
-    try:
-        ens = ensemble.read_meta(folder)  # the one reader of ensemble.json, with its checks
-    except UsageError as e:
-        raise UsageError(f"teacher {e}")
-    names, weights = ens.members, ens.weights
-    if not all(w > 0 for w in weights):
-        raise UsageError(f"teacher {folder / ENSEMBLE_FILE}: weights must be one positive number per member")
-    total = float(sum(weights))
-    members = []
-    for name, w in zip(names, weights):
-        where = folder / "members" / str(name)
-        try:
-            model, meta = bundle.load(where)
-        except UsageError as e:
-            raise UsageError(f"teacher {folder}: member {name}: {e}")
-        members.append(Member(str(name), _frozen(model), meta, float(w) / total))
-    classes, multi = list(ens.classes), bool(ens.multi_label)
-    for m in members:
-        if sorted(m.meta.classes) != sorted(classes) or m.meta.multi_label != multi:
-            raise UsageError(f"teacher {folder}: member {m.name}'s classes differ from those in "
-                             f"{ENSEMBLE_FILE}")
-    teacher = Teacher(folder, "ensemble", members, list(classes), multi, ens.vote,
-                      config=_first_file([folder / "config.toml",
-                                          folder / "members" / str(names[0]) / "config.toml"]),
-                      splits=folder if (folder / "splits.csv").is_file() else None)
-    teacher.match(list(classes), multi)   # members' columns in the ensemble's class order
-    return teacher
+    if source.ensemble is None:
+        run = folder.parent if folder.name == "model" and not (folder / "model").is_dir() else folder
+        return Teacher(folder, "run", members, source.classes, source.multi_label,
+                       config=_first_file([run / "config.toml"]),
+                       splits=run if (run / "splits.csv").is_file() else None)
+    # the members share the ensemble's class order (checked): their columns line up as they are
+    return Teacher(folder, "ensemble", members, source.classes, source.multi_label, source.vote,
+                   config=_first_file([folder / "config.toml",
+                                       source.members[0].folder / "config.toml"]),
+                   splits=folder if (folder / "splits.csv").is_file() else None)
 
 
 def _frozen(model: nn.Module) -> nn.Module:

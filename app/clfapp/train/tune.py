@@ -321,7 +321,8 @@ def run_study(base: Config, params: list[Param], settings: TuneConfig, folder: P
     import optuna
 
     from .. import data
-    from . import monitor_name, prepare_data_path
+    from ..data import samples
+    from . import monitor_name
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)   # our own lines; no tracebacks
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -337,7 +338,7 @@ def run_study(base: Config, params: list[Param], settings: TuneConfig, folder: P
         target = min(target, len(grid))
 
     # The images, once: every trial at the base size reuses these (other sizes: dataset_for).
-    prepare_data_path(base)
+    samples.materialise(base.data)
     print(f"study {name}: loading the data once for every trial", flush=True)
     datasets = {(base.data.size, base.data.resize): data.load(base)}
     ds = datasets[(base.data.size, base.data.resize)]

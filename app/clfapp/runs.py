@@ -1,12 +1,24 @@
-"""Run folders: every command that produces something gets a fresh folder of its own."""
+"""Run folders: every command that produces something gets a fresh folder of its own; a run is
+found by path or by name under runs/, and the newest one by what it holds. Bottom layer: every
+command uses it, so it knows only the errors and how to refuse a pickle."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ..errors import UsageError
+from .errors import UsageError
+from .pickles import refuse_pickle
 
 RUNS_DIR = Path("runs")
+
+
+def numbered(parent: Path, prefix: str) -> list[tuple[int, Path]]:
+    """(N, folder) of each `parent/prefix-N`, lowest N first (none when `parent` is no folder)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
+    return sorted((int(m.group(1)), p) for p in parent.iterdir() if (m := pattern.match(p.name)))
 
 
 def new_folder(parent: Path, prefix: str, name: str | None = None) -> Path:
@@ -26,9 +38,7 @@ def new_folder(parent: Path, prefix: str, name: str | None = None) -> Path:
             raise UsageError(f"{folder} already exists; choose another --name")
         return folder
     parent.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)$")
-    taken = [int(m.group(1)) for p in parent.iterdir() if (m := pattern.match(p.name))]
-    n = max(taken, default=0) + 1
+    n = max((k for k, _ in numbered(parent, prefix)), default=0) + 1
     while True:  # another process may take the same number: mkdir is the lock
         try:
             folder = parent / f"{prefix}-{n}"
@@ -43,6 +53,22 @@ def existing(run: str | Path) -> Path:
     for candidate in (Path(run), RUNS_DIR / str(run)):
         if candidate.is_dir():
             return candidate
-    from ..infer.bundle import refuse_pickle
     refuse_pickle(Path(run))  # a model.pkl handed where a run goes: say why it is refused
     raise UsageError(f"run {run} not found (looked at {run} and {RUNS_DIR / str(run)})")
+
+
+def is_finished(folder: Path) -> bool:
+    """A run that completed: its bundle (or ensemble.json) and its metrics.json are written."""
+    folder = Path(folder)
+    model = (folder / "model" / "model.json").is_file() or (folder / "ensemble.json").is_file()
+    return model and (folder / "metrics.json").is_file()
+
+
+def newest_finished_run(runs_dir: Path) -> Path | None:
+    """The finished run (or ensemble) folder directly under `runs_dir` whose metrics.json was
+    written last; None when there is none."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return None
+    done = [p for p in runs_dir.iterdir() if p.is_dir() and is_finished(p)]
+    return max(done, key=lambda p: (p / "metrics.json").stat().st_mtime, default=None)

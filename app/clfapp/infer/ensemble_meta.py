@@ -1,0 +1,83 @@
+"""ensemble.json: what an ensemble folder says about itself (vote, weights, members, classes,
+thresholds), with its one reader and writer. Apart from infer/ensemble.py so that member
+loading (infer/members.py), threshold tuning and export read it without the predictor."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import UsageError
+
+FORMAT = 1
+FILE = "ensemble.json"
+MEMBERS = "members"
+VOTES = ("soft", "hard")
+
+
+def is_ensemble(folder) -> bool:
+    """A folder is an ensemble iff it holds ensemble.json."""
+    return (Path(folder) / FILE).is_file()
+
+
+@dataclass
+class EnsembleMeta:
+    """ensemble.json. Has what callers of a bundle's meta read: classes, multi_label,
+    thresholds, label_delim."""
+    vote: str
+    weights: list[float]
+    members: list[str]
+    classes: list[str]
+    multi_label: bool = False
+    label_delim: str = " "
+    thresholds: list[float] | None = None
+    created: str = ""
+    versions: dict = field(default_factory=dict)
+    format: int = FORMAT
+    kind: str = "ensemble"
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        order = ("format", "kind", "vote", "weights", "members", "classes", "multi_label",
+                 "label_delim", "thresholds", "created", "versions")
+        return json.dumps({k: d[k] for k in order}, indent=2) + "\n"
+
+
+def read_meta(folder) -> EnsembleMeta:
+    """ensemble.json of `folder`, checked: its format, vote, and one positive weight per member."""
+    path = Path(folder) / FILE
+    if not path.is_file():
+        raise UsageError(f"{folder} is not an ensemble (no {FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}")
+    if not isinstance(raw, dict) or raw.get("kind") != "ensemble":
+        raise UsageError(f"{path} is not a clfapp ensemble description (kind is not 'ensemble')")
+    version = raw.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT:
+        raise UsageError(f"{path} has ensemble format {version!r}; this clfapp reads up to "
+                         f"{FORMAT}; upgrade clfapp")
+    known = {f.name for f in fields(EnsembleMeta)}
+    try:
+        meta = EnsembleMeta(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as e:
+        raise UsageError(f"{path} is not a valid clfapp ensemble description: {e}")
+    if meta.vote not in VOTES:
+        raise UsageError(f"{path}: vote must be one of {', '.join(VOTES)}, got {meta.vote!r}")
+    if len(meta.weights) != len(meta.members) or not meta.members:
+        raise UsageError(f"{path}: {len(meta.weights)} weights for {len(meta.members)} members")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+               for w in meta.weights):
+        raise UsageError(f"{path}: weights must be one positive number per member, got {meta.weights}")
+    return meta
+
+
+def write_meta(folder, meta: EnsembleMeta) -> None:
+    """Write ensemble.json atomically (e.g. after a threshold search)."""
+    target = Path(folder) / FILE
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(meta.to_json())
+    os.replace(tmp, target)
