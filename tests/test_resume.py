@@ -274,6 +274,16 @@ def test_refuses_a_changed_config_or_data_and_says_what_changed(stopped_run):
     refused("data of", "1 image(s) have other contents, e.g.", "blue_01.png")
     edited.write_bytes(kept)
 
+    # a checkpoint of an earlier clfapp, whose optimizer state was torch's (param_groups)
+    from clfapp.train import checkpoint
+    kept = (run / checkpoint.FILE).read_bytes()
+    header, tensors = checkpoint.read(run / checkpoint.FILE)
+    header["optimizer"] = checkpoint.pack({"state": {}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+                                          tensors)
+    checkpoint.write(run / checkpoint.FILE, header, tensors)
+    refused("checkpointed by an earlier clfapp", "start the run again")
+    (run / checkpoint.FILE).write_bytes(kept)
+
     # unreadable images are left out when a run starts: one more of them changes nothing
     (shapes / "red" / "broken.png").write_bytes(b"not an image")
     result = _cli("fit", "--resume", run)
