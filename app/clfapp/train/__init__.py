@@ -173,16 +173,25 @@ def _resize_callbacks(cfg: Config) -> list:
 
 
 def _precision_callbacks(precision: str, channels_last: bool = True) -> list:
-    import torch
+    """Mixed precision (CUDA: fastai's MixedPrecision; CPU: CPUBFloat16 where bf16 is fast) and,
+    with train.channels_last, fastai's ChannelsLast.
 
-    from ..models.callbacks import ChannelsLast, CPUBFloat16, bf16_enabled
+    fastai's ChannelsLast only puts the model in channels_last (before_fit); batches stay NCHW.
+    That is enough on CPU as on CUDA: a convolution whose weights are channels_last returns
+    channels_last (oneDNN and cuDNN choose NHWC when the input or the weight is), so from the
+    first convolution on every activation is, and that convolution's reorder of the input costs
+    what converting the batch would (bench/optimizer_step.py --channels-last times both)."""
+    import torch
+    from fastai.callback.channelslast import ChannelsLast
+
+    from ..models.callbacks import CPUBFloat16, bf16_enabled
+    layout = [ChannelsLast()] if channels_last else []
     if torch.cuda.is_available() and precision != "fp32":
         from fastai.callback.fp16 import MixedPrecision
-        return [MixedPrecision(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")] + (
-            [ChannelsLast()] if channels_last else [])
+        return [MixedPrecision(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")] + layout
     if bf16_enabled(precision):
-        return [CPUBFloat16()]
-    return [ChannelsLast()] if channels_last else []
+        return [CPUBFloat16()] + layout
+    return layout
 
 
 def find_lr(learn, folder: Path) -> dict:
