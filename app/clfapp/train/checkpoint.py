@@ -487,9 +487,25 @@ def Checkpoints(*args, **kwargs):
 
 
 def _load_optimizer(learn, state: dict) -> None:
+    """The optimizer's saved state, its tensors on the model's device: the checkpoint holds CPU
+    tensors, and fastai's load_state_dict (unlike torch's) keeps them where they are."""
     if learn.opt is None:
         learn.create_opt()
-    learn.opt.load_state_dict(state)
+    learn.opt.load_state_dict(on_device(state, next(learn.model.parameters()).device))
+
+
+def on_device(obj, device):
+    """`obj` (an unpacked state: dicts, lists, tuples, Ls) with every tensor moved to `device`."""
+    import torch
+    from fastcore.foundation import L
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: on_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (L, tuple, list)):
+        return type(obj)(on_device(x, device) for x in obj)
+    return obj
 
 
 def _restore_files(results: Path, text: str, steps: Path, steps_bytes: int) -> None:
