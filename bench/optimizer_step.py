@@ -2,7 +2,7 @@
 in one run: a whole tf_efficientnet_lite0 training step at 128 px, and the optimizer step alone.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/optimizer_step.py [--rounds 10] [--bs 32]
-        [--steps 2] [--repeats 30] [--threads 2] [--precision auto|fp32|bf16]
+        [--repeats 30] [--threads 2] [--precision auto|fp32|bf16]
 
 The former optimizers (models/optim.py at commit b15d7cc: torch's foreach AdamW / SGD / RAdam
 under `DecoupledWD`, an OptimWrapper with hand-written decoupled weight decay, do_wd and
@@ -18,13 +18,15 @@ Lookahead) are read from git into a temporary module, so this needs the reposito
    - fastai Adam (clfapp's adam now), the batch in channels_last;
    - fastai Adam, the batch left NCHW: what fastai's ChannelsLast callback does (it converts
      the model only; the first convolution then reorders the input itself).
-   The variants take turns within each round (`--steps` timed steps each after one untimed),
-   so the load of other processes on a shared machine falls on all of them alike; the table
-   gives the median over rounds of the mean step, and each round's ratio to the former adam.
+   After 2 untimed steps each, the variants take turns step by step (`--rounds` timed steps
+   each, the order reversed every other round), so the load of other processes on a shared machine falls on all of them alike; the
+   table gives each variant's median and fastest step, the ratio of its median to the former
+   adam's, and the median of the round-by-round ratios.
 2. Optimizer step alone: the same model after one real backward pass, gradients kept fixed;
    each optimizer steps its own copy; they take turns step by step; median ms over `--repeats`
    steps after 3 warm-up steps.
-Not a test.
+The figures of 2026-12-07 are in models/optim.py's docstring (and the batch layout's in
+train._precision_callbacks'). Not a test.
 """
 from __future__ import annotations
 
@@ -97,9 +99,11 @@ def optimizers(former, train) -> dict:
     }
 
 
-def time_whole_steps(variants: dict, x, y, rounds: int, steps: int,
-                     bf16: bool) -> dict[str, list[float]]:
-    """Seconds per training step, per round, for each variant (model, opt, batch layout)."""
+def time_whole_steps(variants: dict, x, y, rounds: int, bf16: bool,
+                     warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per training step for each variant (model, opt, batch layout): `warmup` untimed
+    steps each, then `rounds` rounds of one timed step per variant in turn (the order reversed
+    every other round)."""
     import torch
     import torch.nn.functional as F
 
@@ -111,15 +115,16 @@ def time_whole_steps(variants: dict, x, y, rounds: int, steps: int,
         opt.zero_grad()
 
     batches = {"channels_last": x.contiguous(memory_format=torch.channels_last), "NCHW": x}
+    for net, opt, layout in variants.values():
+        for _ in range(warmup):
+            step(net, opt, batches[layout])
     times = {name: [] for name in variants}
+    order = list(variants.items())
     for r in range(rounds):
-        for name, (net, opt, layout) in variants.items():
-            xb = batches[layout]
-            step(net, opt, xb)                    # untimed: the turn's caches and allocator
+        for name, (net, opt, layout) in order if r % 2 == 0 else order[::-1]:   # no variant always first
             t0 = time.perf_counter()
-            for _ in range(steps):
-                step(net, opt, xb)
-            times[name].append((time.perf_counter() - t0) / steps)
+            step(net, opt, batches[layout])
+            times[name].append(time.perf_counter() - t0)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
     return times
 
@@ -154,8 +159,8 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=10, help="rounds of the whole-step table")
-    ap.add_argument("--steps", type=int, default=2, help="timed whole steps per variant per round")
+    ap.add_argument("--rounds", type=int, default=30,
+                    help="rounds of the whole-step table (one timed step per variant each)")
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=30, help="timed steps of the optimizer-alone table")
@@ -187,15 +192,16 @@ def main() -> None:
         net = copy.deepcopy(base).train().to(memory_format=torch.channels_last)
         variants[name] = (net, build(opt_func, net), layout)
     print(f"\n1. whole training step, bs {args.bs} at {args.size} px, model in channels_last, "
-          f"{'bf16 autocast' if bf16 else 'fp32'}: {args.rounds} rounds x {args.steps} steps, "
-          f"the variants taking turns")
-    times = time_whole_steps(variants, x, y, args.rounds, args.steps, bf16)
+          f"{'bf16 autocast' if bf16 else 'fp32'}: {args.rounds} rounds of one step per variant "
+          f"in turn, after 2 untimed steps each")
+    times = time_whole_steps(variants, x, y, args.rounds, bf16)
     ref = times["former adam (torch foreach)"]
-    print(f"\n{'variant':30s} {'median s/step':>14s} {'median ratio':>13s}  per round (to former adam)")
+    print(f"\n{'variant':30s} {'median s':>9s} {'min s':>7s} {'ratio of medians':>17s} "
+          f"{'median of round ratios':>23s}")
     for name, ts in times.items():
         ratios = [t / b for t, b in zip(ts, ref)]
-        print(f"{name:30s} {statistics.median(ts):14.3f} {statistics.median(ratios):13.3f}  "
-              + " ".join(f"{r:.3f}" for r in ratios))
+        print(f"{name:30s} {statistics.median(ts):9.3f} {min(ts):7.3f} "
+              f"{statistics.median(ts) / statistics.median(ref):17.3f} {statistics.median(ratios):23.3f}")
 
     # 2. the optimizer step alone
     torch.nn.functional.cross_entropy(base(x[:8]), y[:8]).backward()
@@ -208,8 +214,16 @@ def main() -> None:
             opts[label] = build(opt_func, net)
     print(f"\n2. optimizer step alone (fixed gradients), {args.repeats} timed steps after 3 warm-up")
     print(f"{'optimizer':42s} {'median ms':>10s} {'min':>8s} {'max':>8s}")
-    for name, ms in time_opt_steps(opts, args.repeats).items():
+    alone = time_opt_steps(opts, args.repeats)
+    for name, ms in alone.items():
         print(f"{name:42s} {statistics.median(ms):10.1f} {min(ms):8.1f} {max(ms):8.1f}")
+
+    # the same question from the two tables: the optimizer's extra time over a whole step
+    extra = {f: f(alone["fastai adam"]) - f(alone["former adam (torch foreach)"])
+             for f in (statistics.median, min)}
+    print(f"\nfastai adam's extra step time over the former adam's, as a share of a whole step: "
+          f"{extra[statistics.median] / 1e3 / statistics.median(ref):+.2%} (medians), "
+          f"{extra[min] / 1e3 / min(ref):+.2%} (fastest of each)")
 
 
 if __name__ == "__main__":
