@@ -1,7 +1,7 @@
 """What fastai's own optimizers cost against clfapp's former torch-foreach wrapper, side by side
 in one run: a whole tf_efficientnet_lite0 training step at 128 px, and the optimizer step alone.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/optimizer_step.py [--rounds 10] [--bs 32]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/optimizer_step.py [--rounds 30] [--bs 32]
         [--repeats 30] [--threads 2] [--precision auto|fp32|bf16]
 
 The former optimizers (models/optim.py at commit b15d7cc: torch's foreach AdamW / SGD / RAdam
@@ -13,15 +13,17 @@ Lookahead) are read from git into a temporary module, so this needs the reposito
    as clfapp trains them: lite0 (pretrained=False: speed does not depend on the weights) with
    12 classes in channels_last, every layer trainable, two fastai parameter groups, do_wd=False
    on norm and bias, wd 0.01; forward and loss under CPU bf16 autocast when `--precision`
-   says so (auto: where clfapp's train.precision = auto would, CPUs with native bf16). Variants, each with its own copy of the same start weights:
+   says so (auto: where clfapp's train.precision = auto would, CPUs with native bf16).
+   Variants, each with its own copy of the same start weights:
    - former adam (torch AdamW foreach under the wrapper), the batch in channels_last;
    - fastai Adam (clfapp's adam now), the batch in channels_last;
    - fastai Adam, the batch left NCHW: what fastai's ChannelsLast callback does (it converts
      the model only; the first convolution then reorders the input itself).
    After 2 untimed steps each, the variants take turns step by step (`--rounds` timed steps
-   each, the order reversed every other round), so the load of other processes on a shared machine falls on all of them alike; the
-   table gives each variant's median and fastest step, the ratio of its median to the former
-   adam's, and the median of the round-by-round ratios.
+   each, the order reversed every other round), so the load of other processes on a shared
+   machine falls on all of them alike; the table gives each variant's median and fastest
+   step, the ratio of its median to the former adam's, and the median of the round-by-round
+   ratios.
 2. Optimizer step alone: the same model after one real backward pass, gradients kept fixed;
    each optimizer steps its own copy; they take turns step by step; median ms over `--repeats`
    steps after 3 warm-up steps.
