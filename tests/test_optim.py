@@ -159,15 +159,34 @@ def test_freeze_steps_only_the_head_and_the_norm_layers(name):
         assert not torch.equal(after[n], before[n]), n
 
 
-def test_wd_is_a_fastai_hyper_and_torch_wd_stays_zero():
-    """The schedulers and Learner.fit set `wd` per group; torch's own weight_decay must stay 0
-    (else AdamW would decay norm/bias weights too and SGD would add L2)."""
-    learn = _learner(optim.make("sgd"))
-    learn.create_opt()
-    learn.opt.set_hypers(wd=0.25)
+class SetHypers:
+    """A callback factory setting fastai hyper-parameters before every step, as a scheduler
+    (ParamScheduler, ReduceLROnPlateau) does."""
+
+    def __new__(cls, **hypers):
+        from fastai.callback.core import Callback
+
+        class _Set(Callback):
+            def before_step(self):
+                self.learn.opt.set_hypers(**hypers)
+        return _Set()
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_wd_is_a_fastai_hyper_that_the_step_decays_by_and_nothing_else(name):
+    """A scheduler sets `wd` per group; the step decays by exactly that, decoupled, and only
+    the weights the Learner left do_wd (no other, e.g. L2 or AdamW-style, decay on top).
+    Zero gradients: the update is the decay alone."""
+    learn = _learner(optim.make(name), cbs=[ZeroGrads(), SetHypers(wd=0.25)])
+    before = _snapshot(learn.model)
+    _fit(learn, 1)
+    after = _snapshot(learn.model)
     assert [h["wd"] for h in learn.opt.hypers] == [0.25, 0.25]
-    assert all(pg["weight_decay"] == 0 for pg in learn.opt.opt.param_groups)
     assert [h["mom"] for h in learn.opt.hypers] == [0.9, 0.9]
+    for n in DECAYED:
+        assert torch.equal(after[n], before[n] * (1 - LR * 0.25)), n
+    for n in EXEMPT:
+        assert torch.equal(after[n], before[n]), n
 
 
 # --- the registry, hyper-parameters from the config, RAdam, Lookahead ----------------------
@@ -226,16 +245,23 @@ def test_momentum_beta2_eps_from_the_config_reach_the_optimizer(tmp_path, name):
         assert h["mom"] == 0.8
         if name != "sgd":
             assert h["sqr_mom"] == 0.95 and h["eps"] == 1e-7
-    if name in ("adam", "radam"):
-        assert all(pg["betas"] == (0.8, 0.95) and pg["eps"] == 1e-7 for pg in learn.opt.opt.param_groups)
-    if name == "sgd":
-        assert all(pg["momentum"] == 0.8 for pg in learn.opt.opt.param_groups)
+    # and the step uses them: 3 steps as fastai's optimizer given these values, not its defaults
+    from fastai.optimizer import SGD, Adam, Lamb, RAdam, ranger
+    fastai_opt = {"adam": Adam, "radam": RAdam, "sgd": SGD, "lamb": Lamb, "ranger": ranger}[name]
+    given = dict(mom=0.8) if name == "sgd" else dict(mom=0.8, sqr_mom=0.95, eps=1e-7)
+    default = dict(mom=0.9) if name == "sgd" else {}
+    _fit(learn, 3)
+    for kwargs, same in ((given, True), (default, False)):
+        ref = _learner(partial(fastai_opt, **kwargs))
+        _fit(ref, 3)
+        a, b = _snapshot(learn.model), _snapshot(ref.model)
+        assert all(torch.allclose(a[n], b[n], rtol=1e-5, atol=1e-6) for n in a) == same, kwargs
 
 
 def test_radam_steps_as_fastais_radam():
-    """torch's RAdam under the wrapper against fastai's (decoupled wd, do_wd): identical while
-    the variance is not yet rectified (steps 1-5: SGD with momentum), within 1% after, where
-    torch adds eps to sqrt(v) before the bias correction and fastai after it."""
+    """clfapp's radam against fastai's RAdam (decoupled wd, do_wd), within the tolerances that
+    torch's RAdam (clfapp's radam until 2026-12) met: identical while the variance is not yet
+    rectified (steps 1-5: SGD with momentum), within 1% after; and it is not Adam."""
     from fastai.optimizer import RAdam
     for steps, tol in ((3, 1e-5), (10, 1e-2)):
         ours = _learner(optim.make("radam"))
@@ -282,3 +308,49 @@ def test_lookahead_syncs_every_k_steps_by_alpha(name):
     assert any(not torch.equal(moved[n], synced[n]) for n in synced)   # fast ran ahead
     for s, s_now in zip(slow, [s for pg in look.opt.slow_weights for s in pg]):
         assert torch.equal(s, s_now)       # the slow weights wait for the next sync
+
+
+class OnesGrads:
+    """A callback factory: every gradient set to 1 before each step, and each step's change of
+    every parameter recorded (a plain SGD step then moves each weight by exactly -lr, an Adam
+    step by -lr / (1 + eps))."""
+
+    def __new__(cls, moves: list):
+        from fastai.callback.core import Callback
+
+        class _Ones(Callback):
+            def before_step(self):
+                self.before = []
+                for p in self.learn.model.parameters():
+                    p.grad.fill_(1.0)
+                    self.before.append(p.detach().clone())
+
+            def after_step(self):
+                moves.append(torch.cat([(p.detach() - b).flatten() for p, b in
+                                        zip(self.learn.model.parameters(), self.before)]))
+        return _Ones()
+
+
+@pytest.mark.parametrize("name, lookahead_k", [("sgd", 0), ("adam", 0), ("adam", 100)])
+def test_plateau_cut_reaches_the_optimizer_step(name, lookahead_k):
+    """schedules.plateau is fastai's own ReduceLROnPlateau, which writes the cut LR into
+    `opt.hypers`: the step must move by it (with Lookahead too, whose hypers are its inner
+    optimizer's). A metric that never improves after epoch 0, patience 1, factor 0.5: epochs
+    0-3 step at lr, lr, lr/2, lr/4 (one step per epoch; wd 0, SGD without momentum)."""
+    from clfapp.config import TrainConfig
+    from clfapp.train import schedules
+
+    t = TrainConfig(momentum=0.0 if name == "sgd" else 0.9, lookahead_k=lookahead_k,
+                    plateau_patience=1, plateau_factor=0.5)
+    moves: list = []
+    learn = _learner(optim.make(name, t), cbs=[SetHypers(wd=0.0), OnesGrads(moves)])
+
+    def never_better(inp, targ):
+        return torch.tensor(0.5)
+    learn.metrics = [never_better]
+    import fastai.callback.progress  # noqa: F401  (adds no_bar, as train.py's import does)
+    with learn.no_bar(), learn.no_logging():
+        schedules.plateau(schedules.Phase(learn, 4, LR, t, [], False, "never_better"))
+    assert len(moves) == 4
+    for move, lr in zip(moves, (LR, LR, LR / 2, LR / 4)):
+        torch.testing.assert_close(move, torch.full_like(move, -lr), rtol=1e-3, atol=0)

@@ -30,7 +30,6 @@ API_INTRODUCED = [
      "is_autocast_enabled(device_type): pytorch PR #124359 (Apr 2024), first in 2.4.0's "
      "torch/_C/__init__.pyi; before it the call took no argument and meant CUDA"),
     ("torch", r"weights_only\s*=", "1.13", "torch.load(weights_only=...) is new in 1.13"),
-    ("torch", r"foreach\s*=", "1.12", "foreach= on AdamW/SGD is new in 1.12"),
     ("torch", r"torch\.autocast\(\s*['\"]cpu['\"]", "1.10", "CPU autocast is new in 1.10"),
     ("torchvision", r"list_models|get_model_weights", "0.14",
      "the model registration API is new in torchvision 0.14"),

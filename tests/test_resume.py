@@ -275,6 +275,16 @@ def test_refuses_a_changed_config_or_data_and_says_what_changed(stopped_run):
     refused("data of", "1 image(s) have other contents, e.g.", "blue_01.png")
     edited.write_bytes(kept)
 
+    # a checkpoint of an earlier clfapp, whose optimizer state was torch's (param_groups)
+    from clfapp.train import checkpoint
+    kept = (run / checkpoint.FILE).read_bytes()
+    header, tensors = checkpoint.read(run / checkpoint.FILE)
+    header["optimizer"] = checkpoint.pack({"state": {}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+                                          tensors)
+    checkpoint.write(run / checkpoint.FILE, header, tensors)
+    refused("checkpointed by an earlier clfapp", "start the run again")
+    (run / checkpoint.FILE).write_bytes(kept)
+
     # unreadable images are left out when a run starts: one more of them changes nothing
     (shapes / "red" / "broken.png").write_bytes(b"not an image")
     result = _cli("fit", "--resume", run)
@@ -330,3 +340,23 @@ def test_a_run_still_training_is_not_resumed(tmp_path, monkeypatch):
         holder.kill()
         holder.wait()
     assert_usage_error(_cli("fit", "--resume", "busy"), "not a readable clfapp checkpoint")
+
+
+def test_the_optimizer_state_is_loaded_onto_the_models_device():
+    """The checkpoint holds CPU tensors and fastai's load_state_dict keeps them where they are
+    (torch's moved them): a resumed CUDA run would step with CPU moments. Checked here with
+    the meta device; types and non-tensor entries are kept."""
+    import torch
+    from fastcore.foundation import L
+
+    from clfapp.train.checkpoint import on_device
+    t = torch.ones(2)
+    state = {"state": [{"grad_avg": t, "step": 3, "do_wd": False}], "hypers": L([{"lr": 1e-3}]),
+             "count": 1, "slow_weights": L([L([t])]), "pair": (t, 1)}
+    moved = on_device(state, "meta")
+    assert moved["state"][0]["grad_avg"].is_meta and moved["state"][0]["step"] == 3
+    assert moved["state"][0]["do_wd"] is False and moved["count"] == 1
+    assert isinstance(moved["hypers"], L) and moved["hypers"][0] == {"lr": 1e-3}
+    assert isinstance(moved["slow_weights"], L) and isinstance(moved["slow_weights"][0], L)
+    assert moved["slow_weights"][0][0].is_meta
+    assert isinstance(moved["pair"], tuple) and moved["pair"][0].is_meta and moved["pair"][1] == 1

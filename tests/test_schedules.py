@@ -15,7 +15,7 @@ PRETRAINED = "tf_efficientnet_lite0"
 
 def _recorder():
     """A fastai callback that logs, for every fit (phase) of a run: every training batch's LR
-    and momentum per parameter group as the torch optimizer holds them, which parameters were
+    and momentum per parameter group as the optimizer steps with them, which parameters were
     trainable, and the weights at the phase's end (before KeepBest puts the best epoch back)."""
     from fastai.callback.core import Callback
 
@@ -36,9 +36,9 @@ def _recorder():
 
         def after_batch(self):
             if self.training and self.phases:
-                groups = self.learn.opt.opt.param_groups   # torch's own, what the step uses
+                groups = self.learn.opt.hypers   # fastai's optimizer steps with these dicts
                 self.phases[-1]["lrs"].append([g["lr"] for g in groups])
-                self.phases[-1]["moms"].append([g["betas"][0] for g in groups if "betas" in g])
+                self.phases[-1]["moms"].append([g["mom"] for g in groups if "mom" in g])
 
         def after_fit(self):
             if self.phases:
@@ -97,7 +97,7 @@ def test_one_cycle_rises_then_falls_and_its_momentum_reaches_the_optimizer(tmp_p
     assert lrs[-1] < lrs[0]                                      # towards lr/div_final
     assert all(a <= b for a, b in zip(lrs[:top], lrs[1:top + 1]))          # rises
     assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1:]))           # then falls
-    # momentum (Adam's beta1) runs the other way, through the given range, in torch's groups
+    # momentum (Adam's beta1) runs the other way, through the given range, in the optimizer
     # (fastai's default would be 0.95 / 0.85)
     assert moms[0] == pytest.approx(0.9) and 0.89 < moms[-1] <= 0.9
     assert min(moms) == pytest.approx(0.8, abs=0.005) and moms.index(min(moms)) == top

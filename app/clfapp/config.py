@@ -171,9 +171,10 @@ class TrainConfig:
     precision: str = "auto"
     """auto (bf16 on CPUs with native bf16, else fp32) | bf16 | fp32."""
     channels_last: bool = True
-    """Model and batches in channels_last memory format (models/callbacks.py ChannelsLast):
-    faster convolutions on CPUs (oneDNN) and GPUs. Its kernels round differently from NCHW's,
-    so two runs that differ only in it drift apart in the last digits."""
+    """The model in channels_last memory format (fastai's ChannelsLast callback), and so every
+    activation from the first convolution on: faster convolutions on CPUs (oneDNN) and GPUs.
+    Its kernels round differently from NCHW's, so two runs that differ only in it drift apart
+    in the last digits."""
     progressive: float = 1.0
     """Progressive resizing (train/progressive.py): training batches start at this fraction of
     data.size (the frozen phase throughout) and grow to the full size by 3/4 of the main phase;

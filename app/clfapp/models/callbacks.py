@@ -179,31 +179,16 @@ class StopOnNonFinite(Callback):
                 "--set train.precision=fp32")
 
 
-class ChannelsLast(Callback):
-    """Model and image batches in channels_last (NHWC) memory format.
-
-    oneDNN's CPU convolutions run natively in NHWC: in fp32 on an AVX2 CPU, training
-    tf_efficientnet_lite0 at 128 px ran 1.2-1.4x faster than in NCHW (bench/epoch_speed.py).
-    """
-    order = 10
-
-    def before_fit(self):
-        self.learn.model.to(memory_format=torch.channels_last)
-
-    def before_batch(self):
-        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-                              for x in self.learn.xb)
-
-
-class CPUBFloat16(ChannelsLast):
-    """Forward pass and loss under `torch.autocast("cpu", bfloat16)`, inputs in channels_last.
+class CPUBFloat16(Callback):
+    """Forward pass and loss under `torch.autocast("cpu", bfloat16)`.
 
     fastai's MixedPrecision is CUDA-only; on CPUs with AMX/AVX512-BF16 this trains the
-    convolutions several times faster. Weights and optimizer state stay fp32.
+    convolutions several times faster. Weights and optimizer state stay fp32. The memory
+    format is fastai's ChannelsLast's job, added beside it (train._precision_callbacks).
     """
+    order = 10   # after ProgressiveResize (5); before distill's loss (20), which reads a float pred
 
     def before_batch(self):
-        super().before_batch()
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
         self.autocast.__enter__()
 

@@ -485,9 +485,25 @@ def Checkpoints(*args, **kwargs):
 
 
 def _load_optimizer(learn, state: dict) -> None:
+    """The optimizer's saved state, its tensors on the model's device: the checkpoint holds CPU
+    tensors, and fastai's load_state_dict (unlike torch's) keeps them where they are."""
     if learn.opt is None:
         learn.create_opt()
-    learn.opt.load_state_dict(state)
+    learn.opt.load_state_dict(on_device(state, next(learn.model.parameters()).device))
+
+
+def on_device(obj, device):
+    """`obj` (an unpacked state: dicts, lists, tuples, Ls) with every tensor moved to `device`."""
+    import torch
+    from fastcore.foundation import L
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: on_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (L, tuple, list)):
+        return type(obj)(on_device(x, device) for x in obj)
+    return obj
 
 
 def _restore_files(results: Path, text: str, steps: Path, steps_bytes: int) -> None:
@@ -588,6 +604,7 @@ def open_run(folder: Path) -> Resumed:
         raise UsageError(f"{folder} has no checkpoint: it stopped before its first epoch ended; "
                          f"start it again (its config is {folder / 'config.toml'})")
     header, tensors = read(folder / FILE)
+    _refuse_torch_optimizer_state(header, folder)
     started = header["started"]
     if not (folder / "config.toml").is_file():
         raise UsageError(f"{folder / 'config.toml'} is missing; the run cannot be resumed without it")
@@ -600,6 +617,18 @@ def open_run(folder: Path) -> Resumed:
     dataset = load_data(cfg, folder, started)
     _note_differences(started)
     return Resumed(folder, cfg, dataset, header, tensors)
+
+
+def _refuse_torch_optimizer_state(header: dict, folder: Path) -> None:
+    """A checkpoint written before clfapp's optimizers became fastai's own (models/optim.py)
+    holds torch's optimizer state (param_groups, no hypers), which they cannot load: refused
+    in one line before anything is restored, rather than failing in the first resumed epoch."""
+    opt = header.get("optimizer")
+    keys = {k for k, _ in opt.get("__dict__", [])} if isinstance(opt, dict) else set()
+    if opt is not None and "hypers" not in keys:
+        raise UsageError(f"{folder} was checkpointed by an earlier clfapp whose optimizer state "
+                         f"this one cannot load; start the run again (its config is "
+                         f"{folder / 'config.toml'})")
 
 
 def config_changes(before: str, now: str) -> str:

@@ -53,7 +53,9 @@ class ProgressiveResize(Callback):
     fitted to small images' features is a worse start. So the callback needs no state: which
     phase runs, and a resumed run's position, are fastai's `pct_train`.
     """
-    order = 5   # before ChannelsLast (10), which converts whatever size comes out of here
+    # before CPUBFloat16 (10) opens its autocast region; fastai's ChannelsLast (-1) converts
+    # the model only, and the first convolution puts whatever size comes out of here in NHWC
+    order = 5
 
     def __init__(self, full: int, start_fraction: float):
         self.full, self.start_fraction = full, start_fraction

@@ -80,39 +80,16 @@ def flat_cos(p: Phase) -> None:
     p.learn.fit_flat_cos(p.epochs, p.lr, cbs=p.cbs)
 
 
-def _reduce_lr_on_plateau(**kwargs):
-    """fastai's ReduceLROnPlateau, cutting the LR through `opt.set_hyper`.
-
-    fastai's writes `h['lr']` into each dict of `opt.hypers`: fine for fastai's own Optimizer,
-    whose hypers are its state, but an OptimWrapper (clfapp's adam and sgd are torch's, see
-    models/optim.py) builds those dicts afresh from torch's param_groups on every read, so the
-    cut was silently lost. set_hyper reaches torch's param_groups in both.
-    """
-    from fastai.callback.tracker import ReduceLROnPlateau, TrackerCallback
-
-    class ReduceLR(ReduceLROnPlateau):
-        def after_epoch(self):
-            TrackerCallback.after_epoch(self)
-            if self.new_best:
-                self.wait = 0
-                return
-            self.wait += 1
-            if self.wait >= self.patience:
-                old = self.opt.hypers[-1]["lr"]
-                self.opt.set_hyper("lr", [max(h["lr"] / self.factor, self.min_lr) for h in self.opt.hypers])
-                self.wait = 0
-                print(f"Epoch {self.epoch}: {self.monitor} stalled {self.patience} epoch(s); "
-                      f"lr {old:.2e} -> {self.opt.hypers[-1]['lr']:.2e}")
-    return ReduceLR(**kwargs)
-
-
 @schedule("plateau")
 def plateau(p: Phase) -> None:
     """A constant LR (Learner.fit), multiplied by `plateau_factor` by fastai's ReduceLROnPlateau
-    whenever `plateau_monitor` has not improved for `plateau_patience` epochs."""
+    whenever `plateau_monitor` has not improved for `plateau_patience` epochs. fastai's own
+    callback as it is: it writes the cut into `opt.hypers`, which fastai's optimizers step with
+    (models/optim.py)."""
+    from fastai.callback.tracker import ReduceLROnPlateau
     t = p.t
-    cut = _reduce_lr_on_plateau(monitor=p.plateau_monitor, patience=t.plateau_patience,
-                                factor=1 / t.plateau_factor)   # fastai divides by its factor
+    cut = ReduceLROnPlateau(monitor=p.plateau_monitor, patience=t.plateau_patience,
+                            factor=1 / t.plateau_factor)   # fastai divides by its factor
     p.learn.fit(p.epochs, p.lr, cbs=p.cbs + [cut])
 
 
