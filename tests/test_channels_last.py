@@ -22,7 +22,8 @@ def _fit_recording(cbs) -> tuple[list, list]:
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     g = torch.Generator().manual_seed(1)
     ds = list(zip(torch.randn(8, 3, 10, 10, generator=g), torch.randint(0, 3, (8,), generator=g)))
-    dls = DataLoaders.from_dsets(ds, ds, bs=8, shuffle=False, drop_last=False, device="cpu")
+    dls = DataLoaders.from_dsets(ds, ds, bs=8, shuffle=False, drop_last=False, device="cpu",
+                                 num_workers=0)   # TfmdDL's default forks a worker per CPU every epoch
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), cbs=cbs)
     outputs = []
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -39,7 +39,8 @@ def _learner(opt_func, cbs=()):
 
     g = torch.Generator().manual_seed(1)
     ds = list(zip(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)))
-    dls = DataLoaders.from_dsets(ds, ds, bs=8, shuffle=False, drop_last=False, device="cpu")
+    dls = DataLoaders.from_dsets(ds, ds, bs=8, shuffle=False, drop_last=False, device="cpu",
+                                 num_workers=0)   # TfmdDL's default forks a worker per CPU every epoch
     learn = Learner(dls, _model(), loss_func=CrossEntropyLossFlat(), opt_func=opt_func,
                     splitter=default_split, wd=WD, cbs=list(cbs))
     return learn
