@@ -123,14 +123,15 @@ def _valid(run) -> set[str]:
 
 def test_distill_a_tiny_run_into_another_arch_and_size(cli, here):
     result = cli("distill", "runs/teacher", "--arch", "resnet10t", "--no-pretrained",
-                 "--size", "24", "--epochs", "1", "--name", "student")
+                 "--size", "24", "--epochs", "1", "--set", "train.freeze_epochs=0",
+                 "--name", "student")
     assert result.exit_code == 0, result.output
     run = here / "runs" / "student"
     for f in ("config.toml", "splits.csv", "results.csv", "metrics.json", "report.md",
               "model/weights.safetensors", "model/model.json", "distill.json"):
         assert (run / f).is_file(), f
     _, meta = bundle.load(run)
-    assert (meta.arch, meta.size) == ("resnet10t", 24)
+    assert (meta.arch, meta.size, meta.input_size) == ("resnet10t", 24, 24)  # --size: its own test size
     record = json.loads((run / "distill.json").read_text())
     assert record["kind"] == "run" and record["cached"] is False
     assert record["temperature"] == 1.5 and record["alpha"] == 0.5
@@ -141,6 +142,54 @@ def test_distill_a_tiny_run_into_another_arch_and_size(cli, here):
     assert "the teacher cost" in (run / "report.md").read_text()
     pred = cli("predict", run, "data/shapes")
     assert pred.exit_code == 0, pred.output
+
+
+def test_the_student_starts_from_its_archs_defaults_not_the_teachers_recipe(cli, here):
+    """Issue 24 (7): the student takes from the teacher only the data and split, the
+    augmentation and the size the teacher predicts at (model.json's test size); its model and
+    training keys are config.py's defaults under the flags and --set."""
+    import tomllib
+
+    from clfapp import config
+
+    odd = here / "runs" / "teacher-odd"
+    shutil.rmtree(odd, ignore_errors=True)
+    shutil.copytree(here / "runs" / "teacher", odd)
+    cfg = config.from_file(odd / "config.toml")
+    tables = config.to_dict(cfg)
+    tables["model"].update(cut_blocks=1, head_hidden="16", dropout=0.1, concat_pool=False)
+    tables["train"].update(lr=0.05, freeze_epochs=3, unfreeze_fraction=0.5, lr_mult=7.0, wd=0.3,
+                           ema=0.9, bs=5)
+    tables["loss"].update(name="label_smoothing")
+    tables["aug"].update(max_rotate=33.0, flip_vert=True)
+    (odd / "config.toml").write_text(config.dumps(config.build(tables)))
+    meta = json.loads((odd / "model" / "model.json").read_text())
+    meta["test_size"] = 40                       # the size the teacher is shipped at
+    (odd / "model" / "model.json").write_text(json.dumps(meta))
+
+    result = cli("distill", odd, "--arch", "test_resnet", "--no-pretrained", "--epochs", "1",
+                 "--set", "train.precision=fp32", "--set", "model.dropout=0.25",
+                 "--name", "student-defaults")
+    assert result.exit_code == 0, result.output
+    run = here / "runs" / "student-defaults"
+    got = tomllib.loads((run / "config.toml").read_text())
+    default = config.to_dict(config.Config())
+    for key in ("cut_blocks", "head_hidden", "concat_pool"):
+        assert got["model"][key] == default["model"][key], key
+    assert got["model"]["dropout"] == 0.25                       # --set
+    assert got["model"]["arch"] == "test_resnet" and got["model"]["pretrained"] is False
+    for key in ("freeze_epochs", "unfreeze_fraction", "lr_mult", "wd", "ema", "bs"):
+        assert got["train"][key] == default["train"][key], key
+    assert got["train"]["lr"] == default["train"]["lr"]
+    assert got["train"]["epochs"] == 1 and got["train"]["precision"] == "fp32"   # the flags
+    assert got["loss"] == default["loss"]
+    # from the teacher: its data (and split), its augmentation, its inference size
+    assert got["aug"] == tables["aug"]
+    for key in ("path", "labels", "size", "resize", "valid_pct", "seed"):
+        assert got["data"][key] == tables["data"][key], key
+    assert got["data"]["test_size"] == 40
+    assert bundle.load(run)[1].input_size == 40
+    assert _valid(run) == _valid(odd)
 
 
 @pytest.mark.parametrize("mixup", [False, True])
@@ -203,7 +252,8 @@ def test_the_cached_teacher_gives_the_live_loss_without_augmentation(cli, here, 
         result = cli("distill", "runs/teacher", "--arch", "test_resnet", "--no-pretrained",
                      "--epochs", "2", "--set", "aug.enabled=false", route,
                      # NCHW: under channels_last the two routes' losses drift apart in the 4th digit
-                     "--set", "train.channels_last=false",
+                     "--set", "train.channels_last=false", "--set", "train.precision=fp32",
+                     "--bs", "8",
                      "--name", f"route{route}")
         assert result.exit_code == 0, result.output
         runs[route] = list(record)

@@ -531,9 +531,14 @@ def build(tables: dict) -> Config:
     return cfg
 
 
-def load(recipe_file: Path | None, overrides: dict | None = None, recipe_name: str = "") -> Config:
-    """Read a recipe file (or only defaults when None), apply overrides, validate."""
+def load(recipe_file: Path | None, overrides: dict | None = None, recipe_name: str = "",
+         base: dict | None = None, base_origin: str = "") -> Config:
+    """Read a recipe file (or only defaults when None), apply overrides, validate. `base`
+    (tables like a recipe's, e.g. what a distilled student takes from its teacher) goes on the
+    defaults before the overrides, in place of a recipe file."""
     tables: dict = {"recipe": recipe_name}
+    if base:
+        tables = merge(tables, base, base_origin or "the base config")
     if recipe_file is not None:
         try:
             raw = tomllib.loads(Path(recipe_file).read_text())

@@ -95,9 +95,10 @@ Budget = Annotated[Optional[str], typer.Option("--budget", help=(
 
 def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs=None, lr=None,
                    seed=None, weights=None, pretrained=None, sets=None, split_seed=None,
-                   splits_from=None, budget=None):
+                   splits_from=None, budget=None, base=None, base_origin=""):
     """Recipe file + command-line overrides → one validated Config (recipe None: the
-    defaults alone, e.g. `distill` from a teacher that records no config)."""
+    defaults alone, or the defaults under `base`'s tables, e.g. what `distill`'s student takes
+    from its teacher)."""
     from .. import config, recipes
 
     dataset = recipes.data_argument(recipe) if recipe is not None else None
@@ -116,7 +117,8 @@ def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs
     overrides = {s: {k: v for k, v in t.items() if v is not None} for s, t in flags.items()}
     for section, table in config.parse_set(sets or []).items():
         overrides.setdefault(section, {}).update(table)
-    cfg = config.load(path, {s: t for s, t in overrides.items() if t}, recipe_name=name)
+    cfg = config.load(path, {s: t for s, t in overrides.items() if t}, recipe_name=name,
+                      base=base, base_origin=base_origin)
     if dataset is not None:  # settings chosen for the data where nobody set them (auto.py)
         from .. import auto
         cfg, line = auto.apply(cfg, given={(s, k) for s, t in overrides.items() for k in t})

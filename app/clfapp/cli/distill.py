@@ -29,12 +29,15 @@ def distill(teacher: Teacher, arch: StudentArch = None, temperature: Temperature
     mean of its members' probabilities. The teacher sees every augmented (and MixUp-mixed)
     training batch through its own size and normalisation, unless --cache-teacher.
 
-    The student's config starts from the teacher's config.toml (an ensemble's: its own
-    config.toml or its first member's if either exists, else the defaults and --data is
-    required), with the flags on top and the teacher's weights file dropped. It uses the
-    teacher's data and split (data.splits_from = TEACHER; --splits-from to change), so it
-    validates on exactly the teacher's validation images. The run folder is an ordinary one
-    (runs/RECIPE-distill-N) plus distill.json; report.md says what the teacher cost per epoch.
+    The student starts from the defaults for its arch (those of a plain fit: head, cut_blocks,
+    pretrained weights, LR, freeze policy, epochs) and takes from the teacher only its data
+    and split, its augmentation and the size it predicts at (model.json's test size, as
+    data.test_size, unless --size): the [data] and [aug] tables of its config.toml (an
+    ensemble's: its own config.toml or its first member's; with neither, --data is required).
+    Anything else only by the flags and --set. It uses the teacher's split item by item
+    (data.splits_from = TEACHER; --splits-from to change), so it validates on exactly the
+    teacher's validation images. The run folder is an ordinary one (runs/RECIPE-distill-N)
+    plus distill.json; report.md says what the teacher cost per epoch.
     """
     from dataclasses import replace
     from pathlib import Path
@@ -48,20 +51,17 @@ def distill(teacher: Teacher, arch: StudentArch = None, temperature: Temperature
         raise common.UsageError("distill needs the student's architecture: --arch NAME "
                                 "(e.g. --arch resnet18)")
     t = core.load_teacher(teacher)
-    sets = list(set_ or [])
-    if weights is None:
-        sets = ["model.weights="] + sets    # the teacher's weights file is for the teacher's arch
-    if t.config is None:
-        if data is None:
-            raise common.UsageError(f"{teacher} records no config.toml to take the data from; "
-                                    "pass --data PATH (and --set data.labels=... if not folders)")
-        first = t.members[0].meta
-        size = size if size is not None else first.size
-        sets = [f"data.resize={first.resize}"] + sets
+    if t.config is None and data is None:
+        raise common.UsageError(f"{teacher} records no config.toml to take the data from; "
+                                "pass --data PATH (and --set data.labels=... if not folders)")
     if splits_from is None and t.splits is not None:
         splits_from = str(Path(t.splits).absolute())
-    cfg = common.resolve_config(str(t.config) if t.config else None, data, arch, size, epochs, bs,
-                                lr, seed, weights, pretrained, sets, None, splits_from)
+    sets = list(set_ or [])
+    size_given = size is not None or any(s.partition("=")[0].strip() == "data.size" for s in sets)
+    base = core.student_base(t, size_given)
+    cfg = common.resolve_config(None, data, arch, size, epochs, bs, lr, seed, weights, pretrained,
+                                sets, None, splits_from, base=base,
+                                base_origin=f"the teacher's {t.config or 'model.json'}")
     cfg = replace(cfg, recipe=cfg.recipe or Path(teacher).absolute().name)
     folder = runs.new_folder(runs.RUNS_DIR, f"{cfg.recipe}-distill", name)
     common.echo(f"run folder: {folder}")

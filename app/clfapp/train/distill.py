@@ -181,6 +181,35 @@ def _first_file(candidates) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+# --- the student's starting config ------------------------------------------------------------
+
+FROM_TEACHER = ("data", "aug")
+"""The config sections a student takes from its teacher's config.toml: the data (path, labels,
+split, size, resize...) and the augmentation. Everything else (model.*: head, cut_blocks,
+pretrained; train.*: LR, freeze policy, epochs, batch size; loss.*; thresholds.*) starts from
+config.py's defaults for the student's arch: the teacher's recipe was tuned for the teacher's
+arch. More comes only from the flags and --set."""
+
+
+def student_base(teacher: Teacher, size_given: bool = False) -> dict:
+    """The tables a student's config starts from (config.load's `base`): the teacher's data
+    and augmentation (FROM_TEACHER) and the size the teacher predicts at (model.json's input
+    size, as data.test_size; its first member's for an ensemble) so the student is measured
+    and shipped at the teacher's inference size. A teacher without a config.toml (an ensemble
+    of bare bundles) gives its first member's size and resize. `size_given` (--size or --set
+    data.size): the student trains at another size, so its test size is its own (auto)."""
+    from .. import config
+
+    first = teacher.members[0].meta
+    if teacher.config is not None:
+        whole = config.to_dict(config.from_file(teacher.config))
+        base = {"recipe": whole["recipe"], **{s: dict(whole[s]) for s in FROM_TEACHER}}
+    else:
+        base = {"data": {"size": first.size, "resize": first.resize}}
+    base["data"]["test_size"] = 0 if size_given else first.input_size
+    return base
+
+
 # --- the loss --------------------------------------------------------------------------------
 
 class DistillationLoss(nn.Module):
