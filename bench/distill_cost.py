@@ -48,8 +48,10 @@ def main() -> None:
     rows = {"teacher (resnet10t)": _row(Path("runs") / teacher, s)}
     print(f"teacher: {rows['teacher (resnet10t)']}", flush=True)
 
+    # digits' training keys, said for all three: a distilled student starts from the defaults,
+    # not from the teacher's recipe (for the plain fit they are the recipe's own)
     student = ["--arch", args.student, "--no-pretrained", "--epochs", str(args.epochs),
-               "--size", str(args.size)]
+               "--size", str(args.size), "--lr", "1e-2", "--set", "train.freeze_epochs=0"]
     plain = f"plain-{tag}"
     s, _ = timed(clfapp + ["fit", "digits", *student, "--splits-from", f"runs/{teacher}",
                            "--name", plain], env)

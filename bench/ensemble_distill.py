@@ -36,7 +36,10 @@ PRESETS = {
                     ("m1-r10-32", ["--seed", "2"]),
                     ("m2-r10-40", ["--seed", "3", "--size", "40"])],
         "member_epochs": 12,
-        "student": ["--arch", "resnet10t", "--size", "24", "--no-pretrained"],
+        # a student starts from the defaults, not the teacher's recipe: the recipe's training
+        # keys are given to it (and to the control, where they match the recipe) by flags
+        "student": ["--arch", "resnet10t", "--size", "24", "--no-pretrained", "--lr", "1e-2",
+                    "--set", "train.freeze_epochs=0"],
         "student_epochs": 12,
     },
 }
