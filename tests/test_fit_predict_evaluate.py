@@ -13,7 +13,7 @@ from PIL import Image
 
 from clfapp import config, models, recipes
 
-from conftest import TINY_ARCH, COLOURS, make_folder_dataset
+from conftest import TINY_ARCH, COLOURS, assert_usage_error, make_folder_dataset
 
 PRED_COLUMNS = ["path", "label", "probability", "top1", "top1_prob", "top2", "top2_prob",
                 "top3", "top3_prob"]
@@ -171,6 +171,17 @@ def test_evaluate_on_another_labelled_folder(cli, run, tmp_path):
     make_folder_dataset(tmp_path / "alien", n_per_class=2, classes=["red", "purple"])
     result = cli("evaluate", run, "--data", tmp_path / "alien")
     assert result.exit_code == 2 and "purple" in result.stderr
+
+
+def test_evaluate_data_refuses_an_unknown_split_value(cli, run, tmp_path):
+    # issue 24: a label CSV's `holdout` rows were evaluated as if they had no split
+    other = make_folder_dataset(tmp_path / "other", n_per_class=2)
+    rows = [f"{p.relative_to(other).as_posix()},{p.parent.name},{('valid', 'holdout')[i % 2]}"
+            for i, p in enumerate(sorted(other.rglob("*.png")))]
+    (other / "labels.csv").write_text("fname,label,split\n" + "\n".join(rows) + "\n")
+    assert_usage_error(cli("evaluate", run, "--data", other / "labels.csv"),
+                       "'holdout' (3 rows)", "accepted: train, valid")
+    assert not (run / "eval-1").exists()
 
 
 def test_evaluate_with_class_names_pandas_reads_as_missing(cli, tmp_path, monkeypatch, tiny_recipe):

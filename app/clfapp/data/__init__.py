@@ -23,6 +23,8 @@ from ..errors import UsageError
 
 SPLIT_FOLDERS = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid",
                  "test": "test"}
+# The values a label CSV's `split` column accepts: SPLIT_FOLDERS' names, in any case, or empty.
+SPLIT_NAMES = "train, valid (or val, validation), test, in any case; an empty cell gives no split"
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -62,9 +64,11 @@ def _name_label(pattern: str):
     return label_of
 
 
-def _from_csv(root: Path, csv_name: str, delim: str = " ") -> pd.DataFrame:
+def _from_csv(root: Path, csv_name: str, delim: str = " ",
+              unknown_split: dict | None = None) -> pd.DataFrame:
     """Items of a label CSV. Single-label frames have a `label` column; multi-label frames a
-    `labels` column instead (the set joined by `delim`, "" for none)."""
+    `labels` column instead (the set joined by `delim`, "" for none). `unknown_split`: see
+    `split_column`."""
     csv = Path(csv_name) if Path(csv_name).is_absolute() else root / csv_name
     if not csv.is_file():
         raise UsageError(f"label file {csv} not found (data.labels = 'csv:{csv_name}')")
@@ -93,8 +97,31 @@ def _from_csv(root: Path, csv_name: str, delim: str = " ") -> pd.DataFrame:
             raise UsageError(f"{csv} needs a label column, a labels column, or 0/1 columns "
                              f"(one per label); it has: {', '.join(df.columns)}")
         out["labels"] = [delim.join(c for c in onehot if row[c] == "1") for _, row in df.iterrows()]
-    out["split"] = df["split"].map(lambda s: SPLIT_FOLDERS.get(s.lower())) if "split" in df else None
+    out["split"] = split_column(df["split"], out["path"], csv, unknown_split) if "split" in df else None
     return _merge_duplicates(out, df["fname"], csv, delim)
+
+
+def split_column(values: pd.Series, paths: pd.Series, csv: Path,
+                 unknown: dict | None = None) -> pd.Series:
+    """A label CSV's `split` column as train/valid/test (None where the cell is empty).
+
+    A value clfapp does not know (`holdout`, `testing`, ` test`) is a usage error listing the
+    accepted names: left as it is, its rows would silently become training images. With
+    `unknown` given (`clfapp data check`, which reports it as a finding), the message and the
+    offending rows' paths are put there instead and those rows get no split."""
+    text = values.map(lambda v: v if isinstance(v, str) else "")
+    mapped = text.map(lambda v: SPLIT_FOLDERS.get(v.lower()) if v else None)
+    bad = (text != "") & mapped.isna()
+    if bad.any():
+        counts = text[bad].value_counts()
+        shown = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''})" for v, n in counts.head(4).items())
+        more = f" and {len(counts) - 4} more value(s)" if len(counts) > 4 else ""
+        message = (f"{csv}: the split column has values clfapp does not know: {shown}{more}; "
+                   f"accepted: {SPLIT_NAMES}")
+        if unknown is None:
+            raise UsageError(message)
+        unknown.update(message=message, paths=paths[bad].tolist())
+    return mapped
 
 
 def read_label_csv(csv: Path) -> pd.DataFrame:
@@ -219,9 +246,10 @@ def dataset_root(cfg: DataConfig) -> Path:
     return root.parent if root.is_file() else root
 
 
-def scan(cfg: DataConfig) -> pd.DataFrame:
+def scan(cfg: DataConfig, unknown_split: dict | None = None) -> pd.DataFrame:
     """All labelled items of the dataset: path, label (or labels for multi-label), split
-    (None where the dataset does not give one)."""
+    (None where the dataset does not give one). A label CSV's split value clfapp does not know
+    is refused, or with `unknown_split` given, described there (`split_column`)."""
     # Absolute paths: splits.csv must still name the images when read from another folder.
     root = Path(cfg.path).expanduser().absolute()
     if not cfg.path or not root.exists():
@@ -231,13 +259,13 @@ def scan(cfg: DataConfig) -> pd.DataFrame:
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise UsageError(f"data path {root} is a file; give a folder of images or a CSV")
-        items = _from_csv(root.parent, root.name, cfg.label_delim)
+        items = _from_csv(root.parent, root.name, cfg.label_delim, unknown_split)
     elif cfg.labels == "folder":
         items = _from_folders(root, _folder_label)
     elif cfg.labels.startswith("name:"):
         items = _from_folders(root, _name_label(cfg.labels[5:]))
     else:
-        items = _from_csv(root, cfg.labels[4:], cfg.label_delim)
+        items = _from_csv(root, cfg.labels[4:], cfg.label_delim, unknown_split)
     if is_multi_label(items):
         return _check_multi_label(items, root, cfg.label_delim)
     unlabelled = items["label"].isna() | (items["label"] == "")

@@ -43,7 +43,7 @@ PROGRESS_FROM = 200   # files: below this the check is quick enough to need no p
 @dataclass
 class Finding:
     level: str        # "error": fit refuses the data; "warning": fit goes on
-    kind: str         # missing_files | no_split | single_image | too_small | no_labels | unreadable | wrong_extension | duplicates | cross_split
+    kind: str         # unknown_split | missing_files | no_split | single_image | too_small | no_labels | unreadable | wrong_extension | duplicates | cross_split
     message: str
     paths: list = field(default_factory=list)
 
@@ -152,13 +152,18 @@ def quick(cfg: Config, iterative: bool = True) -> tuple[pd.DataFrame, Report]:
     """The items with their split, and the findings that need no image read.
 
     Refusals that `data.scan` makes itself (no images, one class, a CSV reaching outside the
-    dataset folder, ...) are raised as they are: a UsageError."""
+    dataset folder, ...) are raised as they are: a UsageError; a CSV split value it does not
+    know is an error finding (its rows counted as having no split)."""
     t0 = time.perf_counter()
-    items = scan(cfg.data)
+    unknown_split: dict = {}  # a CSV split value clfapp does not know: a finding here, not a refusal
+    items = scan(cfg.data, unknown_split)
     multi = is_multi_label(items)
     delim = cfg.data.label_delim
     layout = _layout(cfg, items)
     findings = []
+    if unknown_split:
+        findings.append(Finding("error", "unknown_split", unknown_split["message"],
+                                unknown_split["paths"]))
     exists = items["path"].map(os.path.exists) if layout == "csv" else pd.Series(True, index=items.index)
     missing = items.loc[~exists, "path"].tolist()
     if missing:
