@@ -113,6 +113,26 @@ def test_predict_with_only_a_run_asks_for_the_images(cli, runs_here):
     assert_usage_error(cli("predict", "runs/tiny-run"), "is a run")
 
 
+def test_predict_with_no_run_takes_an_absolute_folder_of_images(cli, runs_here):
+    # issue 24: `runs/` joined with an absolute path is that path, so every absolute folder of
+    # images was refused as "a run"
+    photos = Path("data/shapes").resolve()
+    result = cli("predict", str(photos))
+    assert result.exit_code == 0, result.output
+    assert "using the newest finished run: runs/tiny-run (" in result.stdout
+    out = runs_here / "tiny-run" / "predict-1" / "predictions.csv"
+    assert len(pd.read_csv(out)) == len(list(photos.rglob("*.png")))
+
+
+def test_predict_with_an_absolute_run_folder(cli, runs_here):
+    run = (runs_here / "tiny-run").resolve()
+    result = cli("predict", str(run), str(Path("data/shapes").resolve()))
+    assert result.exit_code == 0, result.output
+    assert "newest finished run" not in result.stdout
+    assert (run / "predict-1" / "predictions.csv").is_file()
+    assert_usage_error(cli("predict", str(run)), "is a run", "PATH")   # alone: images missing
+
+
 def test_predict_with_a_missing_single_argument(cli, runs_here):
     assert_usage_error(cli("predict", "no/such/photos"), "no/such/photos", "neither a run")
 

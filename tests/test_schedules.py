@@ -323,3 +323,59 @@ def test_moms_only_with_one_cycle(cli, tmp_path, monkeypatch, tiny_data):
     recipe = write_recipe(tmp_path / "s.toml", "data/shapes")
     assert_usage_error(cli("fit", recipe, "--set", "train.schedule=sgdr", "--set",
                            "train.moms=0.95,0.85,0.95"), "train.moms is for")
+
+
+# --- explicit epochs win over the recipe's SGDR cycles (issue 24) ------------------------------
+
+def test_epochs_flag_refits_a_recipes_sgdr_cycles(cli, tmp_path, monkeypatch, tiny_data):
+    """`clfapp fit cifar10 --epochs 1` trained the recipe's 7 (sgdr_cycles = 3 won, the flag was
+    ignored): the epochs asked for are the epochs trained, and one line says how they were split."""
+    from clfapp import config
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "s.toml", "data/shapes",
+                          train={"epochs": 3, "schedule": "sgdr", "sgdr_cycles": 2,
+                                 "sgdr_cycle_len": 1, "sgdr_mult": 2})     # 1 + 2 epochs
+    result = cli("fit", recipe, "--epochs", "1", "--name", "one")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "runs" / "one" / "results.csv")) == 1
+    assert "sgdr: train.epochs = 1 split into 1 cycle(s) of 1 epochs, in place of the recipe's " \
+           "train.sgdr_cycles = 2, sgdr_cycle_len = 1, sgdr_mult = 2 (1, 2 = 3)" in result.stdout
+    t = config.from_file(tmp_path / "runs" / "one" / "config.toml").train
+    assert (t.epochs, t.sgdr_cycles, t.sgdr_cycle_len, t.sgdr_mult) == (1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("epochs,cycles,cycle_len", [
+    (7, 3, 1),     # the recipe's own total: unchanged
+    (14, 3, 2),    # 2, 4, 8: every cycle twice as long
+    (3, 2, 1),     # 1, 2: the cycles that fit exactly
+    (10, 1, 10),   # no sum of 1-2-4 cycles makes 10: one cosine cycle of all of them
+    (1, 1, 1),
+])
+def test_sgdr_cycles_fitted_to_explicit_epochs(epochs, cycles, cycle_len):
+    from clfapp import config
+    train = {"schedule": "sgdr", "sgdr_cycles": 3, "sgdr_cycle_len": 1, "sgdr_mult": 2,
+             "epochs": epochs, "freeze_epochs": 1}
+    cfg = config.load(None, {"train": train, "model": {"pretrained": True}})
+    fitted, line = config.fit_sgdr_to_epochs(cfg, {"epochs"})
+    t = fitted.train
+    assert (t.sgdr_cycles, t.sgdr_cycle_len, t.sgdr_mult, t.epochs) == (cycles, cycle_len, 2, epochs)
+    assert config.sgdr_epochs(t.sgdr_cycles, t.sgdr_cycle_len, t.sgdr_mult) == epochs
+    assert (line is None) == (epochs == 7)
+    # epochs from the recipe alone: the recipe's cycles stand (their total is the run's length)
+    assert config.fit_sgdr_to_epochs(cfg, set())[0].train.sgdr_cycles == 3
+    # from scratch the frozen epochs join the one phase: the cycles fill epochs + freeze_epochs
+    scratch = config.load(None, {"train": train, "model": {"pretrained": False}})
+    t = config.fit_sgdr_to_epochs(scratch, {"epochs"})[0].train
+    assert config.sgdr_epochs(t.sgdr_cycles, t.sgdr_cycle_len, t.sgdr_mult) == epochs + 1
+
+
+def test_epochs_and_sgdr_cycles_both_given_and_contradicting_is_one_line(cli, tmp_path, monkeypatch, tiny_data):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "s.toml", "data/shapes", train={"schedule": "sgdr"})
+    assert_usage_error(cli("fit", recipe, "--epochs", "2", "--set", "train.sgdr_cycles=3"),
+                       "train.epochs = 2", "train.sgdr_cycles", "train.sgdr_cycles=0")
+    assert not (tmp_path / "runs").exists()
+    # consistent: 3 cycles x2 of 1 epoch = 7 = --epochs 7, nothing to refit
+    from clfapp import config
+    cfg = config.load(recipe, {"train": {"epochs": 7, "sgdr_cycles": 3}})
+    assert config.fit_sgdr_to_epochs(cfg, {"epochs", "sgdr_cycles"})[1] is None

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import UsageError
-from .runs import newest_finished_run
+from .runs import looks_like_run, named, newest_finished_run
 
 # --- the rules' numbers (measured on a 2-core CPU, DESIGN §8; to be tuned) -------------------
 
@@ -207,8 +207,9 @@ def default_run(arg: str, runs_dir: Path) -> tuple[Path, str]:
     is one that does not exist, or no finished run."""
     p, runs_dir = Path(arg), Path(runs_dir)
     inside_runs = runs_dir.resolve() in (p.resolve(), *p.resolve().parents)
-    if (runs_dir / arg).is_dir() or inside_runs or (p.is_dir() and (
-            (p / "model").is_dir() or (p / "ensemble.json").is_file() or (p / "config.toml").is_file())):
+    # runs.named: a relative name only; `runs_dir / arg` of an absolute arg is arg itself, which
+    # refused every absolute folder of images as "a run"
+    if named(arg, runs_dir) is not None or inside_runs or looks_like_run(p):
         raise UsageError(f"{arg} is a run; give the images to classify too: clfapp predict {arg} PATH...")
     if not p.exists():
         raise UsageError(f"{arg} is neither a run nor an image, folder or list of images")

@@ -200,7 +200,8 @@ class TrainConfig:
     """plateau: the LR is multiplied by this at each cut."""
     sgdr_cycles: int = 0
     """sgdr: cosine cycles; 0 = as many whole cycles as fit in `epochs`. The run's epoch count
-    is the cycles' total, cycle_len * (1 + mult + mult^2 + ...), not `epochs`."""
+    is the cycles' total, cycle_len * (1 + mult + mult^2 + ...), not the recipe's `epochs`;
+    epochs given on the command line refit the cycles to them (fit_sgdr_to_epochs)."""
     sgdr_cycle_len: int = 1
     """sgdr: epochs of the first cycle."""
     sgdr_mult: int = 2
@@ -503,6 +504,58 @@ def _check_schedule(t: TrainConfig, pretrained: bool) -> None:
     if t.freeze != "frozen_then_full" and not pretrained:
         raise UsageError(f"train.freeze = {t.freeze!r} needs a pretrained body; "
                          "model.pretrained is false")
+
+
+def sgdr_epochs(cycles: int, cycle_len: int, mult: int) -> int:
+    """Epochs of `cycles` cosine cycles, the first `cycle_len` long, each `mult` times the last."""
+    return cycles * cycle_len if mult == 1 else cycle_len * (mult ** cycles - 1) // (mult - 1)
+
+
+def _lengths(cycles: int, cycle_len: int, mult: int) -> str:
+    return ", ".join(str(cycle_len * mult ** i) for i in range(cycles))
+
+
+def fit_sgdr_to_epochs(cfg: Config, given: set[str]) -> tuple[Config, str | None]:
+    """Explicit epochs win over the recipe's SGDR cycles (issue 24): with train.epochs given on
+    the command line (`--epochs`, `--set train.epochs=`; from scratch train.freeze_epochs too,
+    whose epochs join the main phase) and `train.sgdr_cycles` set, the cycles are refitted so
+    the main phase lasts exactly those epochs: sgdr_mult kept, the most cycles (at most the
+    recipe's) whose lengths cycle_len·(1, mult, mult², ...) sum to it, with the cycle_len that
+    makes them sum (one cycle of all of them at worst). Returns the config and the line saying
+    how the epochs were split (None: nothing to fit). Keys given on the command line too are
+    kept; when they cannot be with those epochs, a usage error names the key to change.
+    `given`: the train keys the command line set. sgdr_cycles = 0 already means "as many whole
+    cycles as fit in epochs" (the schedule prints the split), so it is left alone."""
+    t = cfg.train
+    asked = "epochs" in given or ("freeze_epochs" in given and not cfg.model.pretrained)
+    if t.schedule != "sgdr" or not t.sgdr_cycles or not asked:
+        return cfg, None
+    n = t.epochs + (0 if cfg.model.pretrained else t.freeze_epochs)   # the main phase
+    total = sgdr_epochs(t.sgdr_cycles, t.sgdr_cycle_len, t.sgdr_mult)
+    if total == n or n == 0:   # 0: no main phase, so no cycles
+        return cfg, None
+    what = f"train.epochs = {t.epochs}" + ("" if cfg.model.pretrained or not t.freeze_epochs else
+                                            f" (+ freeze_epochs {t.freeze_epochs} from scratch)")
+    keys = f"train.sgdr_cycles = {t.sgdr_cycles}, sgdr_cycle_len = {t.sgdr_cycle_len}, " \
+           f"sgdr_mult = {t.sgdr_mult}"
+    for cycles in ([t.sgdr_cycles] if "sgdr_cycles" in given else range(t.sgdr_cycles, 0, -1)):
+        unit = sgdr_epochs(cycles, 1, t.sgdr_mult)
+        if n % unit == 0 and ("sgdr_cycle_len" not in given or n // unit == t.sgdr_cycle_len):
+            break
+    else:
+        also = " and ".join(f"train.{k}" for k in ("sgdr_cycles", "sgdr_cycle_len") if k in given)
+        raise UsageError(f"{what} contradicts {keys} ({total} epochs; {also} given too); set "
+                         f"train.sgdr_cycles=0 (as many whole cycles as fit in {n}), or make "
+                         f"the epochs {total}")
+    cycle_len = n // unit
+    line = (f"sgdr: {what} split into {cycles} cycle(s) of {_lengths(cycles, cycle_len, t.sgdr_mult)} "
+            f"epochs, in place of the recipe's {keys} ({_lengths(t.sgdr_cycles, t.sgdr_cycle_len, t.sgdr_mult)}"
+            f" = {total})")
+    if cycles < t.sgdr_cycles:
+        line += (f"; {t.sgdr_cycles} cycles x{t.sgdr_mult} need a multiple of "
+                 f"{sgdr_epochs(t.sgdr_cycles, 1, t.sgdr_mult)} epochs")
+    train = dataclasses.replace(t, sgdr_cycles=cycles, sgdr_cycle_len=cycle_len)
+    return dataclasses.replace(cfg, train=train), line
 
 
 def merge(base: dict, updates: dict, origin: str) -> dict:

@@ -48,13 +48,33 @@ def new_folder(parent: Path, prefix: str, name: str | None = None) -> Path:
             n += 1
 
 
+def named(run: str | Path, runs_dir: Path = RUNS_DIR) -> Path | None:
+    """`runs_dir/run` when `run` is a relative name and that folder exists, else None. An
+    absolute path is never a name under runs/ (`runs_dir / "/home/me/photos"` is that path
+    itself, whatever it holds)."""
+    if Path(run).is_absolute():
+        return None
+    folder = Path(runs_dir) / str(run)
+    return folder if folder.is_dir() else None
+
+
+def looks_like_run(folder: str | Path) -> bool:
+    """A folder that holds a run or an ensemble (model/, ensemble.json or config.toml), finished
+    or not: what no folder of images holds."""
+    p = Path(folder)
+    return p.is_dir() and ((p / "model").is_dir() or (p / "ensemble.json").is_file()
+                           or (p / "config.toml").is_file())
+
+
 def existing(run: str | Path) -> Path:
     """A run folder given by path or by its name under runs/."""
-    for candidate in (Path(run), RUNS_DIR / str(run)):
-        if candidate.is_dir():
-            return candidate
+    if Path(run).is_dir():
+        return Path(run)
+    if (folder := named(run)) is not None:
+        return folder
     refuse_pickle(Path(run))  # a model.pkl handed where a run goes: say why it is refused
-    raise UsageError(f"run {run} not found (looked at {run} and {RUNS_DIR / str(run)})")
+    where = run if Path(run).is_absolute() else f"{run} and {RUNS_DIR / str(run)}"
+    raise UsageError(f"run {run} not found (looked at {where})")
 
 
 def is_finished(folder: Path) -> bool:

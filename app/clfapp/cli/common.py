@@ -124,6 +124,10 @@ def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs
         cfg, line = auto.apply(cfg, given={(s, k) for s, t in overrides.items() for k in t})
         if line:
             echo(line)
+    # --epochs on an SGDR recipe: the cycles are refitted to those epochs (one line says how)
+    cfg, line = config.fit_sgdr_to_epochs(cfg, set(overrides.get("train", {})))
+    if line:
+        echo(line)
     return cfg
 
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import sgdr_epochs  # noqa: F401 (budget and tune use it from here)
 from ..errors import UsageError
 
 
@@ -91,11 +92,6 @@ def plateau(p: Phase) -> None:
     cut = ReduceLROnPlateau(monitor=p.plateau_monitor, patience=t.plateau_patience,
                             factor=1 / t.plateau_factor)   # fastai divides by its factor
     p.learn.fit(p.epochs, p.lr, cbs=p.cbs + [cut])
-
-
-def sgdr_epochs(cycles: int, cycle_len: int, mult: int) -> int:
-    """Epochs of `cycles` cosine cycles, the first `cycle_len` long, each `mult` times the last."""
-    return cycles * cycle_len if mult == 1 else cycle_len * (mult ** cycles - 1) // (mult - 1)
 
 
 def sgdr_cycles(t, epochs: int) -> int:
