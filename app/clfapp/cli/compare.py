@@ -11,7 +11,7 @@ from ..config import DataConfig
 
 @common.command
 def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or export (RUN/export-N) folders.")],
-            data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to measure on (default: the first model's validation split).")] = None,
+            data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to measure on (default: the first model's validation split; its test split, or refused, where a model trained on it: fit --full).")] = None,
             labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
             threads: Annotated[int, typer.Option("--threads", help="CPU threads for every model (0: torch's default).")] = 0,
             repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per figure (the median is reported).")] = 20,

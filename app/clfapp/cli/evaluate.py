@@ -10,7 +10,7 @@ from ..config import INFER_BS, DataConfig
 
 @common.command
 def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name under runs/), or an ensemble folder.")],
-             data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to evaluate on (default: the run's validation split).")] = None,
+             data: Annotated[Optional[str], typer.Option("--data", help="Labelled folder or CSV to evaluate on (default: the run's validation split; after fit --full, whose model trained on it, its test split, or refused without one).")] = None,
              labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
              tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips. Default: what the model says (model.json tta, from aug.tta).", show_default=False)] = None,
              bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,

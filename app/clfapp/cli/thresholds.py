@@ -12,7 +12,7 @@ from ..config import INFER_BS, ThresholdsConfig
 def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-label model, or a (soft-vote) ensemble folder.")],
                metric: Annotated[str, typer.Option("--metric", help="f1_micro | f1_macro | f1_samples.")] = ThresholdsConfig.metric,
                mode: Annotated[str, typer.Option("--mode", help="global (one threshold) | per-label.")] = ThresholdsConfig.mode,
-               data: Annotated[Optional[str], typer.Option("--data", help="Labelled data to tune on (default: the run's validation split).")] = None,
+               data: Annotated[Optional[str], typer.Option("--data", help="Labelled data to tune on (default: the run's validation split; required after fit --full, whose model trained on it).")] = None,
                labels: Annotated[str, typer.Option("--labels", help="With --data: csv:FILE.")] = "csv:labels.csv",
                bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS):
     """Search multi-label decision thresholds that maximise METRIC and store them in the model.
@@ -41,7 +41,7 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     if getattr(predictor.meta, "vote", "soft") == "hard":
         raise common.UsageError(f"{folder} is a hard-vote ensemble: a label is on when a weighted "
                                 "majority of its members says so, there are no thresholds to tune")
-    items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
+    items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim, tune=True)
     _, probs, y = ev.measure(predictor, items, bs=bs)
     tuned = th.tune(folder, probs, y, metric, mode)
     out = runs.new_folder(folder, "thresholds")

@@ -16,9 +16,13 @@ from pathlib import Path
 from ..errors import UsageError
 from ..pickles import WHY_NO_PICKLE, is_pickle, refuse_pickle
 
-FORMAT = 2
-"""2: model.json may hold test_size, which format-1 readers would ignore and predict wrong."""
+FORMAT = 3
+"""2: model.json may hold test_size, which format-1 readers would ignore and predict wrong.
+3: model.json says which items trained the model (trained_on): a format-2 reader would take a
+`fit --full` model's validation split for evidence."""
 WEIGHTS, META = "weights.safetensors", "model.json"
+TRAIN, TRAIN_VALID = "train", "train+valid"
+TRAINED_ON = (TRAIN, TRAIN_VALID)
 
 
 @dataclass
@@ -49,6 +53,10 @@ class BundleMeta:
     test_size: int = 0
     """The size images are resized to for prediction (data.test_size, FixRes); 0 = `size`
     (also every bundle from before the field)."""
+    trained_on: str = TRAIN
+    """Which items of the run's splits.csv trained the weights: "train", or "train+valid" after
+    `fit --full` (its validation images are then no evidence). Bundles from before the field
+    were all trained on "train"."""
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT
@@ -141,9 +149,13 @@ def read_meta(path: Path) -> BundleMeta:
         raise UsageError(f"{folder} was written by a newer clfapp (bundle format {version}; this "
                          f"clfapp reads up to {FORMAT}); upgrade clfapp")
     try:
-        return BundleMeta(**raw)
+        meta = BundleMeta(**raw)
     except TypeError as e:
         raise UsageError(f"{folder / META} is not a valid clfapp model description: {e}")
+    if meta.trained_on not in TRAINED_ON:
+        raise UsageError(f"{folder / META}: trained_on must be one of {', '.join(TRAINED_ON)}, "
+                         f"got {meta.trained_on!r}")
+    return meta
 
 
 def load(path: Path):

@@ -2,7 +2,9 @@
 
 Anything a run is accepted as can be compared: a run folder, an ensemble folder, or an ONNX
 export folder (`clfapp export`). Every model is measured on the same labelled items (the first
-model's validation split, or `--data`), and timed on the same decoded images:
+model's validation split, or `--data`; its test split when a compared model was trained on
+those validation images by `fit --full`, refused when there is none), and timed on the same
+decoded images:
 
 * latency per image at batch 1: the median over `repeats` single-image calls after warm-up;
 * throughput at batch 32: images per second, from the median of `repeats // 4 + 1` calls.
@@ -123,7 +125,9 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
             raise UsageError(f"{m.name} does not predict the same classes as {models[0].name}: "
                              "only models of the same task can be compared")
     # the models' own label separator (multi-label --data), as evaluate uses
-    items, described = labelled_items(models[0].home, data_path, labels, first.meta.label_delim)
+    # refused (or the test split) when a model trained on them (fit --full: model.json trained_on)
+    items, described = labelled_items(models[0].home, data_path, labels, first.meta.label_delim,
+                                      also=[m.home for m in models[1:]])
     if not len(items):
         raise UsageError(f"no labelled items to compare on ({described}); pass --data PATH")
     sample = items["path"].tolist()[:32]

@@ -307,11 +307,17 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
         _warn_trained_on(runs, items)
         shared = items.assign(split="valid")
     else:
-        items = shared[shared["split"] == "valid"]
-        if not len(items):
+        if not (shared["split"] == "valid").any():
             raise UsageError("the members share no validation images (trained on other data?); "
                              "pass --data PATH to measure the ensemble on labelled data")
-        source = "the members' shared validation split (it chose their best epochs: optimistic)"
+        # a member trained on them (fit --full) makes them no evidence: the shared test split,
+        # or refused; refused outright where thresholds are searched (the test split stays unseen)
+        from .evaluate import evidence_split
+        items, split = evidence_split(shared, "the members' shared split", runs,
+                                      tune=first.multi_label and vote == "soft")
+        source = ("the members' shared validation split (it chose their best epochs: optimistic)"
+                  if split == "valid" else "the members' shared test split (a member was trained "
+                  "on the validation images by fit --full)")
 
     folder = runfolders.new_folder(parent, "ensemble", name)
     try:

@@ -23,9 +23,16 @@ def multilabel_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str],
     return multi_label(probs, y, classes, thresholds)
 
 
-def labelled_items(run, data_path: str | None = None, labels: str = "folder", delim: str = " "):
+def labelled_items(run, data_path: str | None = None, labels: str = "folder", delim: str = " ",
+                   *, also=(), tune: bool = False):
     """(items, description) to measure a run on: a labelled dataset (its non-train part when it
-    has split folders), or by default the run's own validation split from splits.csv."""
+    has split folders), or by default the run's own validation split from splits.csv.
+
+    The default is refused as evidence when a model of `run` (or of the folders `also`, other
+    models measured on the same items) was trained on those validation images (`fit --full`,
+    model.json trained_on): the run's test split is used instead when it has one, unless
+    `tune` (a threshold search must not see the test split); else one UsageError: give --data.
+    """
     import pandas as pd
 
     from .. import data
@@ -39,8 +46,63 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
     if not splits.is_file():
         raise UsageError(f"{run} has no splits.csv; pass --data PATH")
     items = pd.read_csv(splits, dtype=str, keep_default_na=False)
-    return items[items["split"] == "valid"], (f"validation split of {run.name} (it chose the "
-                                              "best epoch, and thresholds if tuned there: optimistic)")
+    rows, split = evidence_split(items, run.name, [run, *also], tune)
+    if split == "test":
+        return rows, (f"test split of {run.name} (its validation images were trained on by the "
+                      "final model of fit --full; the test split never was)")
+    return rows, (f"validation split of {run.name} (it chose the best epoch, and thresholds if "
+                  "tuned there: optimistic)")
+
+
+def evidence_split(items, where: str, folders, tune: bool = False):
+    """(rows, "valid" | "test"): the validation rows of `items` (a splits.csv of `where`), or
+    its test rows when a model of `folders` was trained on those validation images (`fit
+    --full`) and `tune` is off. Refused (UsageError, naming --data) when that leaves nothing
+    unseen by every model of `folders`."""
+    from ..errors import UsageError
+
+    valid = items[items["split"] == "valid"]
+    seen = trained_on_valid(folders)
+    culprits = [name for name, paths in seen if paths & set(valid["path"])]
+    if not culprits:
+        return valid, "valid"
+    test = items[items["split"] == "test"]
+    who = ", ".join(culprits[:3]) + (", ..." if len(culprits) > 3 else "")
+    ref = "its validation images" if culprits == [where] else f"the validation images of {where}"
+    why = (f"{who}'s model was trained on {ref} (fit --full), so they are no evidence"
+           if len(culprits) == 1 else f"the models of {who} were trained on {ref} (fit --full), "
+           "so they are no evidence")
+    if tune:
+        raise UsageError(f"{why}, and the test split stays unseen for measuring; give --data "
+                         "FOLDER with labelled images it did not train on")
+    if not len(test) or any(paths & set(test["path"]) for _, paths in seen):
+        raise UsageError(f"{why} and {where} has no test split; give --data FOLDER with "
+                         "labelled images it did not train on (or fit with data.test_pct)")
+    return test, "test"
+
+
+def trained_on_valid(folders) -> list[tuple[str, set]]:
+    """(name, its validation paths) of every model in `folders` (run, ensemble or bundle
+    folders; an export's home) whose weights were trained on its own run's validation images
+    (`fit --full`: model.json trained_on = "train+valid"). A folder holding no model, or a
+    model with no recorded splits.csv beside it, adds nothing."""
+    from pathlib import Path
+
+    from ..data import splits
+    from . import bundle, ensemble_meta, members
+
+    out = []
+    for folder in folders:
+        folder = Path(folder)
+        if not (ensemble_meta.is_ensemble(folder) or (folder / bundle.META).is_file()
+                or (folder / "model" / bundle.META).is_file()):
+            continue
+        for m in members.read(folder).members:
+            record = Path(m.folder) / "splits.csv"
+            if m.meta.trained_on == bundle.TRAIN_VALID and record.is_file():
+                rec = splits.recorded(record)
+                out.append((m.name, set(rec.index[rec == "valid"])))
+    return out
 
 
 def measure(predictor, items, tta: bool = False, bs: int = INFER_BS, threshold: float | None = None):

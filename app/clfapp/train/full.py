@@ -14,7 +14,9 @@ nothing is chosen on them). The test split, when there is one, is not touched un
 model is measured on it once, at the end.
 
 Multi-label thresholds are those tuned on validation in the first training (copied into the
-final bundle): the final model has no unseen validation data to tune them on.
+final bundle): the final model has no unseen validation data to tune them on. Its model.json
+says `trained_on = "train+valid"`: `evaluate`, `thresholds`, `compare` and `ensemble` then
+refuse the run's validation split as evidence (or measure on its test split).
 """
 from __future__ import annotations
 
@@ -112,7 +114,8 @@ def retrain(cfg: Config, folder: Path, first, ds0: data.Dataset):
 
     # Save the final bundle beside, then swap: model/ is whole at every moment.
     meta = bundle.read_meta(folder / "model")  # thresholds tuned on validation come along
-    meta = replace(meta, pretrained_from=prep.weights_source, versions={}, created="")
+    meta = replace(meta, pretrained_from=prep.weights_source, versions={}, created="",
+                   trained_on=bundle.TRAIN_VALID)  # evaluate & co. refuse its validation split
     bundle.save(folder / "model-full", _contiguous(learn.model.float()), meta)
     shutil.rmtree(folder / "model-valid", ignore_errors=True)
     os.replace(folder / "model", folder / "model-valid")
