@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import COLOURS, assert_usage_error, make_folder_dataset, write_recipe
 
@@ -179,6 +179,162 @@ def test_a_failed_parity_check_exits_1_and_leaves_no_export(trained_run, tmp_pat
     monkeypatch.undo()
     r = _export(copy, "--tolerance", "1e-4")   # the same run exports fine without the fault
     assert r.exit_code == 0 and "parity on" in r.output, r.output
+    assert f"preprocessing: {copy / 'export-1' / 'preprocess.py'}" in r.output
+
+
+# ---------------------------------------------------------------- the reference preprocessing
+
+
+def _awkward_images(folder: Path) -> list[Path]:
+    """Images that decoding turns into more than `convert("RGB")` gives: an EXIF-rotated JPEG
+    large enough for the reduced-scale decode at 32 px (400 x 240: libjpeg at 1/2), an RGBA PNG
+    with graded transparency, a 16-bit grey PNG using the whole range, a palette PNG with a
+    transparent colour."""
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    a = np.zeros((240, 400, 3), dtype=np.int16)
+    a[:, :200], a[:, 200:], a[:60] = COLOURS["red"], COLOURS["blue"], COLOURS["green"]
+    img = Image.fromarray(np.clip(a + rng.integers(-15, 16, a.shape), 0, 255).astype(np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6   # stored sideways: turn 90 degrees clockwise to view
+    img.save(folder / "rotated.jpg", exif=exif, quality=92)
+
+    rgba = np.zeros((40, 56, 4), dtype=np.uint8)
+    rgba[..., :3] = COLOURS["green"]
+    rgba[:, :28, :3] = COLOURS["red"]
+    rgba[..., 3] = np.linspace(0, 255, 56).astype(np.uint8)   # transparent left, opaque right
+    Image.fromarray(rgba).save(folder / "rgba.png")             # RGBA
+
+    grey = np.tile(np.linspace(0, 65535, 48), (36, 1)).astype(np.uint16)
+    grey[:12] = 40000
+    Image.fromarray(grey).save(folder / "grey16.png")           # 16-bit grey (I;16)
+
+    pal = np.zeros((30, 30, 3), dtype=np.uint8)
+    pal[:, :], pal[10:20, 10:20] = COLOURS["blue"], COLOURS["red"]
+    Image.fromarray(pal).quantize(2).save(folder / "palette.png", transparency=0)
+    return [folder / n for n in ("rotated.jpg", "rgba.png", "grey16.png", "palette.png")]
+
+
+def _naive(path: Path, size: int, resize: str) -> np.ndarray:
+    """What a consumer gets who only converts to RGB and resizes (no reduced-scale JPEG decode,
+    no EXIF orientation, no white under transparency, 16-bit clipped)."""
+    from clfapp.infer import onnx_reference as ref
+    with Image.open(path) as img:
+        return np.asarray(ref.resized(img.convert("RGB"), size, resize))
+
+
+@pytest.mark.parametrize("resize", ["squish", "crop", "pad"])
+def test_reference_preprocessing_gives_clfapp_pixels_exactly(tmp_path, resize):
+    from clfapp.data import images
+    from clfapp.infer import onnx_reference as ref
+    paths = _awkward_images(tmp_path)
+    with Image.open(paths[2]) as img:
+        assert img.mode.startswith("I")   # Pillow keeps the 16 bits
+    for path in paths:
+        want = images.read_image(path, 32, resize)
+        assert np.array_equal(ref.pixels(path, 32, resize), want), path.name
+        with Image.open(path) as img:   # a PIL image fresh from Image.open: the same pixels
+            assert np.array_equal(ref.pixels(img, 32, resize), want), path.name
+        # the images need every step: skipping them changes the pixels a lot
+        assert np.abs(_naive(path, 32, resize).astype(int) - want).max() > 40, path.name
+        x = ref.preprocess(path, 32, resize)
+        assert x.dtype == np.float32 and x.shape == (3, 32, 32)
+        assert np.array_equal(x, want.transpose(2, 0, 1).astype(np.float32) / np.float32(255))
+    # the JPEG's reduced-scale decode is reproduced: a full decode gives other pixels
+    with Image.open(paths[0]) as img:
+        img.load()
+        full = np.asarray(ref.resized(ref.to_rgb(ImageOps.exif_transpose(img)), 32, resize))
+    assert not np.array_equal(full, images.read_image(paths[0], 32, resize))
+    with pytest.raises(ValueError, match="resize"):
+        ref.preprocess(paths[1], 32, "stretch")
+
+
+def _standalone(path: Path):
+    """Import an exported preprocess.py with clfapp made unimportable."""
+    import importlib.util
+    import sys
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [m for m in sys.modules if m == "clfapp" or m.startswith("clfapp.")]:
+            mp.setitem(sys.modules, name, None)
+        spec = importlib.util.spec_from_file_location("exported_preprocess", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+def test_the_export_ships_its_preprocessing_and_it_gives_clfapps_probabilities(exported, tmp_path, capsys):
+    import ast
+
+    from clfapp.infer.onnx_predict import OnnxPredictor
+    from clfapp.infer.predict import Predictor, tta_default
+    _, run, folder = exported
+    info = json.loads((folder / "onnx.json").read_text())
+    pre = info["preprocessing"]
+    assert [s["step"] for s in pre["steps"]] == ["decode", "exif_transpose", "to_rgb", "resize", "to_tensor"]
+    assert pre["per_input"] == [{"input": "image", "size": info["size"], "resize": info["resize"],
+                                 "interpolation": "bicubic"}]
+    assert pre["reference"]["file"] == "preprocess.py" and pre["reference"]["needs"] == ["Pillow", "numpy"]
+    text = json.dumps(pre["steps"])
+    for fact in ("draft('RGB', (2 * size, 2 * size))", "exif_transpose", "(255, 255, 255)", "/ 257",
+                 "BICUBIC", "divided by 255"):
+        assert fact in text, fact
+    assert any(s.startswith("normalisation") for s in pre["inside_graph"])
+    assert any(s.startswith("activation: softmax") for s in pre["inside_graph"])
+
+    # preprocess.py: Pillow, numpy and the standard library only
+    source = (folder / "preprocess.py").read_text()
+    tree = ast.parse(source)
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "json", "sys", "pathlib", "numpy", "PIL", "onnxruntime"}, imported
+    reference = _standalone(folder / "preprocess.py")
+
+    paths = [str(p) for p in _awkward_images(tmp_path / "imgs")]
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = reference.feed(paths)                       # reads the export's onnx.json
+    x = np.stack([reference.preprocess(p, info["size"], info["resize"]) for p in paths])
+    assert list(feed) == ["image"] and np.array_equal(feed["image"], x)
+    got = session.run(None, feed)[0]
+
+    predictor = Predictor(run)                          # what `clfapp predict RUN` gives
+    want, kept = predictor.probabilities(paths, tta=tta_default(predictor, None))
+    assert list(kept) == list(range(len(paths)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+    by_onnx, _ = OnnxPredictor(folder).probabilities(paths)   # `clfapp predict --backend onnx`
+    np.testing.assert_allclose(got, by_onnx, rtol=0, atol=1e-6)
+    # and a consumer who skips the steps would not get them
+    naive = np.stack([_naive(Path(p), info["size"], info["resize"]) for p in paths])
+    naive = session.run(None, {"image": naive.transpose(0, 3, 1, 2).astype(np.float32) / 255})[0]
+    assert np.abs(naive - want).max() > 100 * TOL
+
+    reference.main(paths[:1])                           # python preprocess.py IMAGE...
+    line = json.loads(capsys.readouterr().out)
+    assert line["path"] == paths[0] and list(line["probabilities"]) == info["classes"]
+    np.testing.assert_allclose(list(line["probabilities"].values()), got[0], rtol=0, atol=1e-6)
+
+
+def test_an_export_from_before_the_preprocessing_facts_still_loads(exported, tmp_path):
+    """Exports written before onnx.json had `preprocessing` (and preprocess.py) keep format 1."""
+    from clfapp.infer.onnx_predict import OnnxPredictor
+    work, _, folder = exported
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    (old / "preprocess.py").unlink()
+    info = json.loads((old / "onnx.json").read_text())
+    del info["preprocessing"]
+    (old / "onnx.json").write_text(json.dumps(info))
+    model = onnx.load(str(old / "model.onnx"))
+    for p in model.metadata_props:
+        if p.key == "clfapp":
+            facts = json.loads(p.value)
+            del facts["preprocessing"]
+            p.value = json.dumps(facts, sort_keys=True)
+    onnx.save(model, str(old / "model.onnx"))
+    assert info["format"] == 1
+    red = sorted((work / "data" / "shapes" / "red").iterdir())[:3]
+    got, kept = OnnxPredictor(old).probabilities([str(p) for p in red])
+    want, _ = OnnxPredictor(folder).probabilities([str(p) for p in red])
+    assert len(kept) == 3 and np.array_equal(got, want)
 
 
 # ---------------------------------------------------------------- multi-label
@@ -211,6 +367,7 @@ def test_multilabel_export_keeps_thresholds_and_label_sets(tmp_path, cli):
     assert r.exit_code == 0, r.output
     info = json.loads((run / "export-1" / "onnx.json").read_text())
     assert info["multi_label"] is True and info["output"]["activation"] == "sigmoid"
+    assert any(s.startswith("activation: sigmoid") for s in info["preprocessing"]["inside_graph"])
     assert info["thresholds"] == meta["thresholds"] and info["parity"]["max_abs_diff"] < TOL
     props = {p.key: p.value for p in onnx.load(str(run / "export-1" / "model.onnx")).metadata_props}
     assert json.loads(props["thresholds"]) == meta["thresholds"]
@@ -279,6 +436,14 @@ def test_ensemble_exports_as_one_graph_giving_the_weighted_mean_of_its_members(t
             "image_32": px32.transpose(0, 3, 1, 2).astype(np.float32) / 255}
     got = sess.run(None, feed)[0]
     np.testing.assert_allclose(got, want, atol=TOL)
+    # the export's own preprocess.py builds the same feed, one array per input
+    pre = info["preprocessing"]
+    assert [(i["input"], i["size"], i["resize"]) for i in pre["per_input"]] == \
+        [("image_24", 24, "crop"), ("image_32", 32, "squish")]
+    assert any(s.startswith("ensemble: the weighted mean") for s in pre["inside_graph"])
+    theirs = _standalone(ens / "export-1" / "preprocess.py").feed(paths)
+    assert list(theirs) == ["image_24", "image_32"]
+    assert all(np.array_equal(theirs[k], feed[k]) for k in feed)
     # and the two members really differ, so the weights matter
     assert np.abs(Predictor(a).probabilities_of(px32) - Predictor(b).probabilities_of(px24)).max() > 1e-3
 

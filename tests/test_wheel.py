@@ -44,6 +44,8 @@ def test_wheel_finds_its_recipes_and_fits_from_another_folder(tmp_path):
     assert len(data_files) >= 3                                   # page, blocks, report at least
     for p in data_files:   # package-data: without it the wheel has the code but no page layouts
         assert f"clfapp/report/templates/{p.name}" in shipped, f"{p.name} is not in the wheel"
+    # the source every ONNX export copies as preprocess.py (read as package data)
+    assert "clfapp/infer/onnx_reference.py" in shipped
     _run(["-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], tmp_path, env)
 
     env = dict(env, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")

@@ -16,9 +16,12 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
            tolerance: Annotated[float, typer.Option("--tolerance", help="Largest |PyTorch - ONNX Runtime| probability difference accepted by the parity check.")] = 1e-4):
     """Export a trained model (or a soft-vote ensemble, as one graph) to ONNX.
 
-    Writes RUN/export-N/model.onnx and onnx.json. The graph takes float32 N x 3 x S x S RGB
-    pixels in [0, 1] (decoded, resized as onnx.json says, divided by 255; the normalisation is
-    inside) and gives probabilities (softmax; sigmoid for multi-label). Afterwards it checks
+    Writes RUN/export-N/model.onnx, onnx.json and preprocess.py. The graph takes float32
+    N x 3 x S x S RGB pixels in [0, 1] (decoded, resized as onnx.json says, divided by 255; the
+    normalisation is inside) and gives probabilities (softmax; sigmoid for multi-label).
+    preprocess.py (Pillow and numpy only) turns image files into that input exactly as clfapp
+    does (EXIF orientation, transparency over white, 16-bit scaling, reduced-scale JPEG decoding,
+    resize); onnx.json's `preprocessing` lists the same steps. Afterwards it checks
     ONNX Runtime against PyTorch on the run's validation images: beyond --tolerance it exits 1
     and removes the export. Use it with `clfapp predict RUN PATHS --backend onnx`.
     """
@@ -34,6 +37,8 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
     kind = f"ensemble of {len(info['members'])} (soft vote)" if info["kind"] == "ensemble" else "model"
     common.echo(f"exported {kind} to {target / ex.ONNX_FILE} (opset {opset}; input {shapes}; "
                 f"output {info['output']['activation']} probabilities over {len(info['classes'])} classes)")
+    common.echo(f"preprocessing: {target / ex.REFERENCE_FILE} (Pillow + numpy; every step in "
+                f"{ex.META_FILE} `preprocessing`)")
     p = info["parity"]
     common.echo(f"parity on {p['images']}: max |PyTorch - ONNX Runtime| = {p['max_abs_diff']:.3g} "
                 f"(tolerance {p['tolerance']:g}): ok")

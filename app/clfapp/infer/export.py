@@ -16,9 +16,12 @@ The exported graph (RUN/export-N/model.onnx):
   silently change its predictions.
 
 onnx.json holds the facts a consumer needs (inputs, classes, multi-label, thresholds, label
-delimiter, mean/std, vote and weights, opset, library versions) and the parity check; the same
+delimiter, mean/std, vote and weights, opset, library versions, and `preprocessing`: every step
+clfapp applies to an image file before the graph, in order) and the parity check; the same
 facts (without the parity figures) are in the ONNX file's metadata_props (key `clfapp`, plus
 flat copies of the main ones), and the ONNX predictor refuses files where the two disagree.
+Beside them, preprocess.py (the source of onnx_reference.py: Pillow and numpy only) is those
+steps as code, giving clfapp's exact pixels to a program that does not use clfapp.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ import numpy as np
 
 from . import bundle, members as model_members, model_io
 from .decoding import decode_per_input, distinct, input_of
-from .onnx_format import FLAT_KEYS, FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME
+from .onnx_format import (FLAT_KEYS, FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME,
+                          REFERENCE_FILE)
 from ..data import images
 from ..errors import UsageError
 
@@ -130,6 +134,67 @@ def library_versions() -> dict:
     return out
 
 
+def preprocessing(groups: list[dict], facts: dict) -> dict:
+    """onnx.json `preprocessing`: what clfapp does to an image file before the graph, step by step
+    in order (data/images.read_image, then onnx_predict's scaling), and what the graph does itself.
+    preprocess.py (onnx_reference.py) is the same steps as code; tests check both against clfapp."""
+    ensemble = facts["kind"] == "ensemble" or len(groups) > 1
+    activation = ("sigmoid per class (multi-label; decide with `thresholds`, 0.5 where there are "
+                  "none)" if facts["multi_label"] else "softmax over the classes")
+    inside = ["normalisation: (x - mean) / std per channel (each member's own mean and std)",
+              "activation: " + activation]
+    if ensemble:
+        inside.append("ensemble: the weighted mean of the members' probabilities (`weights`)")
+    inside.append("test-time augmentation: none; the graph is the plain model (clfapp predict "
+                  "--tta averages mirrored views, this graph does not)")
+    return {
+        "reference": {"file": REFERENCE_FILE, "needs": ["Pillow", "numpy"],
+                      "function": "preprocess(image, size, resize) -> float32 3 x size x size",
+                      "batch": "feed(images) -> {input name: float32 N x 3 x S x S}, from onnx.json"},
+        "per_input": [{"input": g["name"], "size": g["size"], "resize": g["resize"],
+                       "interpolation": INTERPOLATION} for g in groups],
+        "steps": [
+            {"step": "decode", "how": "Pillow (PIL.Image.open, then load)",
+             "jpeg_reduced_scale": {
+                 "rule": "JPEG files only: s = the largest of 8, 4, 2, 1 not above "
+                         "min(width // (2 * size), height // (2 * size)) (the stored width and "
+                         "height, before EXIF rotation); libjpeg decodes at 1/s scale (DCT "
+                         "scaling) to ceil(width / s) x ceil(height / s) pixels",
+                 "pillow": "img.draft('RGB', (2 * size, 2 * size)) before img.load()",
+                 "why": "decoding a large photo is ~10x faster; the pixels differ a little from "
+                        "a full decode (about 0.2/255 on average for a 3000 px photo), so skip "
+                        "it and the probabilities are close to clfapp's but not equal"}},
+            {"step": "exif_transpose",
+             "how": "turn the image upright by its EXIF Orientation tag (1-8), after decoding",
+             "pillow": "PIL.ImageOps.exif_transpose(img)"},
+            {"step": "to_rgb", "result": "8-bit RGB", "by_mode": {
+                "RGB": "unchanged",
+                "I;16, I;16B, I;16L, I;16N (16-bit grey)": "value / 257, clipped to [0, 255] and "
+                    "truncated to uint8, then grey -> RGB (the same value in each channel)",
+                "I (32-bit grey)": "value / 257 when its maximum is above 255, else the value; "
+                                   "then clipped, truncated and grey -> RGB as above",
+                "RGBA, LA, PA, P with transparency": "alpha composited over white "
+                    "(255, 255, 255): Image.alpha_composite(white, img.convert('RGBA')), then RGB",
+                "any other (L, P, CMYK, YCbCr, 1, ...)": "Pillow's img.convert('RGB')",
+                "16 bits per channel colour (PNG, TIFF)": "Pillow itself decodes these to "
+                    "8-bit RGB or RGBA on open (RGBA: then over white, as above)"}},
+            {"step": "resize", "size": "per_input[].size: a square, size x size",
+             "interpolation": f"{INTERPOLATION} (Pillow's Image.Resampling.BICUBIC, whose "
+                              "support widens when downscaling; not OpenCV's INTER_CUBIC)",
+             "methods": {
+                 "squish": "img.resize((size, size), BICUBIC): the whole image, aspect not kept",
+                 "crop": "ImageOps.fit(img, (size, size), method=BICUBIC): the centred crop of "
+                         "the target's aspect, then resized",
+                 "pad": "ImageOps.pad(img, (size, size), method=BICUBIC, color=(0, 0, 0)): "
+                        "resized to fit inside, centred, black borders"}},
+            {"step": "to_tensor",
+             "how": "uint8 H x W x 3 -> float32 N x 3 x H x W (NCHW, RGB), divided by 255: "
+                    "values in [0, 1]"},
+        ],
+        "inside_graph": inside,
+    }
+
+
 def describe(members: list[model_members.Member], facts: dict, groups: list[dict], opset: int,
              source: Path) -> dict:
     """The facts written to onnx.json and into the ONNX file's metadata_props."""
@@ -161,6 +226,7 @@ def describe(members: list[model_members.Member], facts: dict, groups: list[dict
                      "resize": m.meta.resize, "mean": list(m.meta.mean), "std": list(m.meta.std),
                      "input": next(g["name"] for g in groups if i in g["members"])}
                     for i, m in enumerate(members)],
+        "preprocessing": preprocessing(groups, facts),
         "tta_flips": one.tta_flips if one else None,
         "opset": opset,
         "exporter": "torch.onnx.export, TorchScript-based (dynamo=False)",
@@ -278,6 +344,7 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
         _stamp(tmp, described)
         os.replace(tmp, folder / ONNX_FILE)
         _write_json(folder / META_FILE, described)
+        (folder / REFERENCE_FILE).write_text(reference_source())
 
         pixels, what = parity_pixels(source, groups)
         theirs = loader.load(source).probabilities_by_input(pixels).astype(np.float64)
@@ -294,6 +361,12 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
         raise ExportFailed(f"parity check failed: ONNX Runtime and PyTorch differ by up to {diff:.3g} "
                            f"on {what} (tolerance {tolerance:g}); export removed")
     return folder, described
+
+
+def reference_source() -> str:
+    """onnx_reference.py's source, read as package data (works from a wheel or a zip too)."""
+    from importlib.resources import files
+    return files(__package__).joinpath("onnx_reference.py").read_text(encoding="utf-8")
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -6,7 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 ONNX_FILE, META_FILE = "model.onnx", "onnx.json"
+REFERENCE_FILE = "preprocess.py"
+"""The standalone reference preprocessing (Pillow + numpy) written beside the graph: the
+source of infer/onnx_reference.py."""
 FORMAT = 1
+"""Changes only when a reader must read an export differently (a field an older clfapp would
+ignore and then predict wrong). Facts added for outside consumers keep it: `preprocessing`
+(every step before the graph) describes what clfapp's ONNX predictor has always done, so an
+older clfapp reads such an export correctly, and this one reads exports without it."""
 OUTPUT_NAME = "probabilities"
 METADATA_KEY = "clfapp"
 FLAT_KEYS = ("classes", "multi_label", "thresholds", "label_delim", "inputs", "vote", "weights",
