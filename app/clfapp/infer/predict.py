@@ -111,6 +111,7 @@ class Predictor:
         import torch
 
         from . import bundle
+        self.folder = Path(run)
         self.model, self.meta = bundle.load(run)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = model_io.channel_stats(self.meta.mean)
