@@ -176,6 +176,38 @@ def test_fit_on_a_full_disk_says_so_and_leaves_no_run_folder(cli, work, monkeypa
     assert not [p for p in (work / "runs").rglob("*")], "a half-made run folder was left"
 
 
+def test_a_full_disk_after_a_checkpoint_keeps_the_run_resumable(cli, work, monkeypatch):
+    """Issue 24.8: the disk fills up after epoch 1's checkpoint (epoch 2's checkpoint and the
+    model cannot be written): the run folder stays, and `fit --resume` continues it once
+    space is freed."""
+    from clfapp.infer import bundle
+    from clfapp.train import checkpoint
+
+    real = checkpoint.write
+    written = []
+
+    def write(path, header, tensors):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(header["epochs_done"])
+        real(path, header, tensors)
+
+    def save(folder, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "write", write)
+        m.setattr(bundle, "save", save)
+        r = cli("fit", "tiny.toml", "--epochs", "2")
+    assert_usage_error(r, "No space left on device", "disk is full")
+    run = work / "runs" / "tiny-1"
+    assert written == [1] and (run / "checkpoint.safetensors").is_file()
+    assert f"clfapp fit --resume {run.relative_to(work)}" in r.output
+    r = cli("fit", "--resume", run)
+    assert r.exit_code == 0, r.output
+    assert (run / "model" / "model.json").is_file() and not (run / "checkpoint.safetensors").exists()
+    assert len(pd.read_csv(run / "results.csv")) == 2
+
+
 def test_fit_into_an_unwritable_folder_says_so(cli, work, monkeypatch):
     failing_mkdir, _ = _fail_writes_under_runs(monkeypatch, errno.EACCES, "Permission denied")
     monkeypatch.setattr(pathlib.Path, "mkdir", failing_mkdir)

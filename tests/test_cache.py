@@ -216,3 +216,27 @@ def test_another_decoder_invalidates_every_entry(tmp_path, cache_root, monkeypat
     decodes.clear()
     pixels, kept = cache.pixels_for(paths, 32, "squish", "on", progress=False)
     assert len(decodes) == len(paths) and not old.data.exists() and not old.index.exists()
+
+
+def test_rows_predict_indexed_survive_another_process_dropping_their_entry(tmp_path, cache_root, decodes):
+    """Issue 24.8: a `data prepare` or `fit` that builds a newer entry deletes the one it
+    supersedes; a `predict` that indexed that entry (its Lookup) still reads every row of it,
+    without a crash and without decoding anything again."""
+    from clfapp.infer.predict import _Images
+
+    root = make_folder_dataset(tmp_path / "shapes", n_per_class=4)
+    paths = [str(p) for p in images.find_images(root)]
+    old = cache.build(paths, 32, "squish", progress=False)
+    expected = np.array(old.open())
+    reading = _Images(paths, 32, "squish")        # predict has indexed the cached rows
+    assert all(r is not None for r in reading.rows)
+    # meanwhile another process caches the folder with one image more: the old entry is
+    # superseded (all its rows are in the new one) and deleted
+    new = str(make_image(root / "red" / "red_new.png", (250, 0, 0), size=24))
+    cache.build(paths + [new], 32, "squish", progress=False)
+    assert not old.data.exists() and not old.index.exists()
+    decodes.clear()
+    got = [reading[i] for i in range(len(paths))]
+    assert [i for i, _ in got] == list(range(len(paths)))
+    assert np.array_equal(np.stack([a for _, a in got]), expected)
+    assert decodes == []

@@ -84,6 +84,8 @@ def test_resume_drops_a_row_cut_short_by_a_kill(cli, setup):
     r = cli("predict", run, imgs, "--out", "p.csv", "--resume")
     assert r.exit_code == 0, r.output
     assert "5 rows kept, 25 of 30 files left" in r.output
+    # no p.csv.meta.json beside it (an older clfapp's file): resumed, with a warning saying so
+    assert "has no record of the model and options" in r.stderr
     got = pd.read_csv("p.csv")
     assert len(got) == 30 and got["path"].is_unique
 
@@ -127,3 +129,74 @@ def test_json_output_is_unchanged(cli, setup):
     assert r.exit_code == 0, r.output
     rows = pd.read_json("p.json")
     assert len(rows) == 30 and list(rows.columns)[:3] == ["path", "label", "probability"]
+
+
+def _other_weights(run, target):
+    """A copy of `run` whose model has other weights (one tensor nudged): another model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run, target)
+    path = target / "model" / "weights.safetensors"
+    tensors = load_file(str(path))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01 * torch.ones_like(tensors[name])
+    save_file(tensors, str(path))
+    return target
+
+
+def test_resume_refuses_rows_another_model_or_tta_wrote(cli, setup):
+    """Issue 24.8: `predict --resume` refuses a CSV written by another model or TTA setting,
+    in one line naming what differs, and leaves the file as it was."""
+    from pathlib import Path
+
+    run, imgs = setup
+    assert cli("predict", run, imgs, "--out", "p.csv", "--no-tta").exit_code == 0
+    full = pd.read_csv("p.csv")
+    full.iloc[:10].to_csv("p.csv.part", index=False)   # as an interrupted run leaves it
+    Path("p.csv").unlink()
+    part = Path("p.csv.part").read_text()
+
+    line = assert_usage_error(cli("predict", run, imgs, "--out", "p.csv", "--tta", "--resume"),
+                              "--resume", "TTA off (now TTA on (2 views))")
+    assert "another model" not in line
+    assert Path("p.csv.part").read_text() == part and not Path("p.csv").exists()
+
+    other = _other_weights(run, Path("other"))
+    line = assert_usage_error(cli("predict", other, imgs, "--out", "p.csv", "--no-tta",
+                                  "--resume"), "--resume", "another model", str(run.resolve()))
+    assert "TTA" not in line and Path("p.csv.part").read_text() == part
+
+    # the same model moved elsewhere (same weights) and the same options: resumed
+    shutil.copytree(run, "moved")
+    r = cli("predict", "moved", imgs, "--out", "p.csv", "--no-tta", "--resume")
+    assert r.exit_code == 0, r.output
+    assert "10 rows kept, 20 of 30 files left" in r.output
+    assert len(pd.read_csv("p.csv")) == 30
+    # a finished file is refused the same way, and stays finished
+    assert_usage_error(cli("predict", run, imgs, "--out", "p.csv", "--tta", "--resume"), "TTA off")
+    assert Path("p.csv").is_file() and not Path("p.csv.part").exists()
+    assert Path("p.csv.meta.json").is_file()   # the record stays beside the finished file
+
+
+def test_resume_refuses_rows_other_thresholds_wrote(cli, setup):
+    """Multi-label: rows decided under other thresholds (--threshold, or the model's tuned
+    ones changed by `clfapp thresholds`) are not resumed."""
+    from pathlib import Path
+
+    from clfapp.infer import bundle
+
+    run, imgs = setup
+    meta = bundle.read_meta(run)
+    meta.multi_label, meta.thresholds = True, [0.5] * len(meta.classes)
+    bundle.write_meta(run, meta)   # the same net read as multi-label (sigmoid per class)
+    assert cli("predict", run, imgs, "--out", "p.csv").exit_code == 0
+    assert_usage_error(cli("predict", run, imgs, "--out", "p.csv", "--threshold", "0.3", "--resume"),
+                       "--resume", "thresholds [0.5, 0.5, 0.5] (now [0.3, 0.3, 0.3])")
+    meta.thresholds = [0.4] * len(meta.classes)
+    bundle.write_meta(run, meta)
+    assert_usage_error(cli("predict", run, imgs, "--out", "p.csv", "--resume"),
+                       "thresholds [0.5, 0.5, 0.5] (now [0.4, 0.4, 0.4])")
+    assert Path("p.csv").is_file()
+    r = cli("predict", run, imgs, "--out", "p.csv", "--threshold", "0.5", "--resume")
+    assert r.exit_code == 0 and "0 of 30 files left" in r.output, r.output

@@ -104,7 +104,13 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
     except (common.UsageError, OSError) as e:
         if isinstance(e, OSError) and common.storage_error(e) is None:
             raise
-        if not (folder / "model").exists():
+        from ..train import checkpoint
+        if checkpoint.state_of(folder) == "checkpoint":
+            # epochs are done and saved (a disk that filled up later): the folder is the way back
+            common.echo(f"{folder} is kept: its checkpoint holds the epochs finished so far; once "
+                        f"the cause is fixed (space freed), `clfapp fit --resume {folder}` "
+                        f"continues it")
+        elif not (folder / "model").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that never started leaves nothing
         raise
     finally:

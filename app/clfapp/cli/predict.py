@@ -33,6 +33,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     the image cache) and CSV rows are written and flushed as each batch is done, into
     OUT.part, renamed to OUT at the end. After an interruption, the same command with
     `--resume` keeps those rows and classifies only the rest: each file once in the output.
+    OUT.meta.json says which model, TTA, input size and thresholds wrote the rows; `--resume`
+    under any other is refused, naming what differs.
     """
     from ..infer import loader, stream
     from ..infer import predict as pr
@@ -73,7 +75,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             _remove_if_empty(out.parent, made_folder)
             raise
         return
-    sink = stream.CsvSink(out, stream.header(predictor.meta, top_k), resume)
+    sink = stream.CsvSink(out, stream.header(predictor.meta, top_k), resume,
+                          stream.record(predictor, folder, bool(tta), threshold))
     todo = [f for f in files if f not in sink.done]
     if resume:
         common.echo(f"resuming {out}: {len(sink.done)} rows kept, {len(todo)} of {len(files)} "
@@ -84,7 +87,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     except common.UsageError:  # e.g. no image could be read: no half-written file is left
         sink.close()
         if sink.rows == 0 and not resume:
-            sink.part.unlink(missing_ok=True)
+            sink.discard()
             _remove_if_empty(out.parent, made_folder)
         raise
     except KeyboardInterrupt:

@@ -19,6 +19,13 @@ removed by the next build once its process is gone.
 Read: `np.memmap(mode="c")`: rows are paged in from the file as the DataLoader asks for
 them (copy-on-write: writable for torch, never written back), so memory stays bounded
 whatever the dataset's size; the kernel drops clean pages under pressure.
+
+Deleted while in use: a build drops the entries it supersedes (and those of another decoder)
+by unlinking their files, never by writing into them. A reader keeps what it indexed: `Lookup`
+opens every entry's data file when it indexes it and reads rows through that open file, and
+a fit maps its entry at once; an unlinked file stays whole for whoever holds it open, so a
+`data prepare` or `fit` running beside a `predict` never takes its rows away (an entry gone
+before it could be opened is simply not indexed, and a row that cannot be read is decoded).
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +108,9 @@ class Entry:
     """A complete cache entry: its index and a lazily opened read-only view of its rows."""
     index: Path
     meta: dict
+    file: object = field(default=None, repr=False, compare=False)
+    """The data file, opened by the build that made the entry before it was published: no
+    other process can delete it from under that build's caller."""
 
     @property
     def data(self) -> Path:
@@ -110,13 +120,16 @@ class Entry:
     def rows(self) -> list:
         return self.meta["rows"]
 
-    def open(self) -> np.ndarray:
+    def open(self, file=None) -> np.ndarray:
         """The rows as an np.memmap, N x S x S x 3 uint8 (copy-on-write: nothing reaches the
-        file, nothing is read before it is used)."""
+        file, nothing is read before it is used), of `file` (the data file opened earlier,
+        still whole if deleted since) or of the data file by name."""
         s = self.meta["size"]
         if not self.rows:
             return np.zeros((0, s, s, 3), dtype=np.uint8)
-        return np.memmap(self.data, dtype=np.uint8, mode="c", shape=(len(self.rows), s, s, 3))
+        file = file if file is not None else self.file
+        return np.memmap(self.data if file is None else file, dtype=np.uint8, mode="c",
+                         shape=(len(self.rows), s, s, 3))
 
 
 def _read_entry(index: Path) -> Entry | None:
@@ -153,7 +166,12 @@ class Lookup:
 
     def __init__(self, size: int, resize: str):
         self.where: dict[str, tuple[int, int, Entry, int]] = {}
+        self._files: dict[Path, object] = {}
         for e in entries(size, resize):          # newer entries win
+            try:   # held open: a build deleting this entry now leaves this process its rows
+                self._files[e.data] = open(e.data, "rb")
+            except OSError:
+                continue   # deleted since it was listed: not indexed
             for r, (p, m, b) in enumerate(e.rows):
                 self.where[p] = (m, b, e, r)
         self._open: dict[Path, np.ndarray] = {}
@@ -170,12 +188,14 @@ class Lookup:
         return out
 
     def read(self, entry: Entry, row: int) -> np.ndarray:
-        if entry.data not in self._open:  # opened on first use (in each DataLoader worker)
-            self._open[entry.data] = entry.open()
+        """The row's pixels, through the file opened when the entry was indexed (OSError when
+        it is gone: a spawned worker reopens by name)."""
+        if entry.data not in self._open:  # mapped on first use (in each DataLoader worker)
+            self._open[entry.data] = entry.open(self._files.get(entry.data))
         return np.array(self._open[entry.data][row])
 
-    def __getstate__(self):  # memmaps are reopened in worker processes, not pickled
-        return {"where": self.where, "_open": {}}
+    def __getstate__(self):  # memmaps and files are reopened in worker processes, not pickled
+        return {"where": self.where, "_open": {}, "_files": {}}
 
 
 def _alive(pid: int) -> bool:
@@ -260,6 +280,7 @@ def build(paths: list[str], size: int, resize: str, stamped=None, workers: int |
         os.fsync(f.fileno())
     data = d / f"{key}.u8"
     os.replace(tmp, data)
+    held = open(data, "rb")   # before the index: once published, another build may drop it
     meta = {"version": VERSION, "decoder": decoder_id(), "size": size, "resize": resize, "key": key,
             "rows": [list(stamped[i]) for i in ok], "kept": ok, "asked": len(stamped),
             "unreadable": [stamped[i][0] for i in sorted(set(range(len(stamped))) - set(ok))],
@@ -269,7 +290,7 @@ def build(paths: list[str], size: int, resize: str, stamped=None, workers: int |
     tmp_index = d / f"{key}.json.{os.getpid()}.tmp"
     tmp_index.write_text(json.dumps(meta))
     os.replace(tmp_index, index)  # the entry exists from here on
-    entry = Entry(index, meta)
+    entry = Entry(index, meta, held)
     _drop_superseded(entry, size, resize)
     return entry
 
@@ -308,8 +329,7 @@ def _drop_superseded(new: Entry, size: int, resize: str) -> None:
     """Delete older entries all of whose rows are in `new` or belong to changed or removed
     files: nothing could read them again. (A running fit that maps one keeps its pages.)"""
     for e in entries(size, resize, stale=True):
-        e.index.unlink(missing_ok=True)
-        e.data.unlink(missing_ok=True)
+        _delete(e)
     have = {tuple(r) for r in new.rows}
     for e in entries(size, resize):
         if e.index == new.index:
@@ -317,8 +337,18 @@ def _drop_superseded(new: Entry, size: int, resize: str) -> None:
         rows = [tuple(r) for r in e.rows]
         rest = [r for r in rows if r not in have]
         if all(s != r for s, r in zip(stamps([r[0] for r in rest]), rest)):
-            e.index.unlink(missing_ok=True)
-            e.data.unlink(missing_ok=True)
+            _delete(e)
+
+
+def _delete(e: Entry) -> None:
+    """Unlink an entry, index first (no reader lists it from then on). Never written into:
+    a process that opened its data file keeps reading it whole. Where an open file cannot
+    be deleted (Windows), the entry stays for a later build to drop."""
+    try:
+        e.index.unlink(missing_ok=True)
+        e.data.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def pixels_for(paths: list[str], size: int, resize: str, mode: str = "auto",
@@ -334,6 +364,11 @@ def pixels_for(paths: list[str], size: int, resize: str, mode: str = "auto",
     stamped = stamps(paths)
     entry = find(stamped, size, resize)
     if entry is not None:
+        try:
+            pixels = entry.open()   # mapped now: a build deleting it later leaves us its rows
+        except OSError:
+            entry = None            # deleted by another process since it was found
+    if entry is not None:
         print(f"image cache: {len(entry.rows)} decoded images from {entry.data}", flush=True)
         for p in entry.meta["unreadable"]:
             print(f"warning: skipping unreadable image {p} (as when the cache was built)",
@@ -344,7 +379,8 @@ def pixels_for(paths: list[str], size: int, resize: str, mode: str = "auto",
         m = entry.meta
         print(f"image cache: {m['decoded']} images decoded, {m['reused']} reused, in "
               f"{time.perf_counter() - t0:.1f} s into {entry.data} "
-              f"({entry.data.stat().st_size / 2**20:.0f} MiB)", flush=True)
+              f"({decoded_bytes(len(entry.rows), size) / 2**20:.0f} MiB)", flush=True)
+        pixels = entry.open()
     else:
         return images.read_many(paths, size, resize, progress)
-    return entry.open(), list(entry.meta["kept"])
+    return pixels, list(entry.meta["kept"])

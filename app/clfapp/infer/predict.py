@@ -55,7 +55,10 @@ class _Images:
 
     def __getitem__(self, i):
         if self.rows is not None and self.rows[i] is not None:
-            return i, self.lookup.read(*self.rows[i])
+            try:
+                return i, self.lookup.read(*self.rows[i])
+            except (OSError, ValueError):   # its entry deleted by another process: decode it
+                pass
         a = images.try_read(self.paths[i], self.size, self.resize)
         return i, a
 
@@ -111,6 +114,7 @@ class Predictor:
         import torch
 
         from . import bundle
+        self.folder = Path(run)
         self.model, self.meta = bundle.load(run)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = model_io.channel_stats(self.meta.mean)
