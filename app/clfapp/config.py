@@ -348,8 +348,8 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             lr = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"{where} must be a number or 'auto', got {value!r}")
-        if lr <= 0:
-            raise UsageError(f"{where} must be positive, got {value!r}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise UsageError(f"{where} must be a positive number or 'auto', got {value!r}")
         return lr
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -372,9 +372,12 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise UsageError(f"{where} must be a whole number, got {value!r}")
     if isinstance(default, float):
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(number):  # nan, inf: no setting means them (TOML and --set allow them)
+            raise UsageError(f"{where} must be a finite number, got {value!r}")
+        return number
     value = str(value)
     choices = CHOICES.get((section, key))
     if choices and value not in choices:

@@ -26,9 +26,7 @@ def new_folder(parent: Path, prefix: str, name: str | None = None) -> Path:
     parent = Path(parent)
     if parent.exists() and not parent.is_dir():
         raise UsageError(f"{parent} is a file, not a folder; runs go there: move it away")
-    if name and (name.strip() in (".", "..") or "/" in name or "\\" in name):
-        # a name is one folder under parent: "../x" or "a/b" would write outside it
-        raise UsageError(f"--name {name!r} must be a plain folder name (no '/', '\\', '..')")
+    check_name(name)
     if name:
         folder = parent / name
         parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +44,12 @@ def new_folder(parent: Path, prefix: str, name: str | None = None) -> Path:
             return folder
         except FileExistsError:
             n += 1
+
+
+def check_name(name: str | None) -> None:
+    """A --name is one folder under its parent: "../x" or "a/b" would write outside it."""
+    if name and (name.strip() in (".", "..") or "/" in name or "\\" in name):
+        raise UsageError(f"--name {name!r} must be a plain folder name (no '/', '\\', '..')")
 
 
 def named(run: str | Path, runs_dir: Path = RUNS_DIR) -> Path | None:

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 from ..config import DataConfig
 
 
@@ -27,8 +27,9 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
     from ..infer import compare as cmp
     from .. import runs
 
-    if repeats < 1:
-        raise common.UsageError(f"--repeats must be at least 1, got {repeats}")
+    checks.number("--threads", threads, 0)
+    checks.number("--repeats", repeats, 1)
+    checks.new_folder(runs.RUNS_DIR, name)   # not after every model was measured
     folders = [runs.existing(m) for m in models]
     table, described, settings = cmp.compare(folders, data, threads, repeats, labels)
     folder = runs.new_folder(runs.RUNS_DIR, "compare", name)

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 
 app = typer.Typer(help="Datasets: embedded samples, checks, the image cache.", no_args_is_help=True, rich_markup_mode="markdown")
 
@@ -17,6 +17,8 @@ def sample(name: Annotated[str, typer.Argument(help="Sample to write: digits.")]
     """Write an embedded dataset (no network needed) as image files in ImageNet layout."""
     from ..data import samples
 
+    # a given --out is made in an existing folder; the default data/NAME makes data/ too
+    checks.output_folder("--out", out or Path("data") / name, may_make=0 if out else 1)
     samples.make(name, out or Path("data") / name)
 
 
@@ -36,6 +38,7 @@ def check(target: Annotated[str, typer.Argument(help="Dataset folder or .csv, or
     """
     import json
 
+    checks.number("--threads", threads, 0)
     from .. import config, recipes
     from ..data import check as chk, dataset_root, samples
 
@@ -81,6 +84,9 @@ def prepare(recipe: common.RecipeOrData = None, data: common.Data = None, size: 
 
     from ..data import cache, samples, split_items
 
+    checks.number("--workers", workers, 0)
+    if pool is not None and pool not in ("thread", "process"):
+        raise common.UsageError(f"--pool must be thread or process, got {pool!r}")
     recipe = common.project_default(recipe)
     cfg = common.resolve_config(recipe, data, size=size, sets=set_, split_seed=split_seed,
                                 splits_from=splits_from)
@@ -88,10 +94,6 @@ def prepare(recipe: common.RecipeOrData = None, data: common.Data = None, size: 
     if cfg.data.cache == "off":
         raise common.UsageError("data.cache is off for this recipe: fit would not read a cache; "
                                 "drop --set data.cache=off (or set it to auto or on)")
-    if pool is not None and pool not in ("thread", "process"):
-        raise common.UsageError(f"--pool must be thread or process, got {pool!r}")
-    if workers < 0:
-        raise common.UsageError(f"--workers must be 0 or more, got {workers}")
     if cfg.data.sample:   # an embedded sample is written first, as fit does
         samples.ensure(cfg.data.sample, Path(cfg.data.path))
     used, _ = split_items(cfg)

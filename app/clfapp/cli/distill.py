@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 
 Teacher = Annotated[str, typer.Argument(help="The teacher: a run folder (runs/NAME, with model/) or an ensemble folder (ensemble.json).")]
 StudentArch = Annotated[Optional[str], typer.Option("--arch", help="The student's architecture (required; model.arch).")]
@@ -46,6 +46,9 @@ def distill(teacher: Teacher, arch: StudentArch = None, temperature: Temperature
     from .. import runs
     from .fit import EXIT_CODES
 
+    checks.number("--temperature", temperature, 0, low_open=True)
+    checks.number("--alpha", alpha, 0, 1)
+    checks.new_folder(runs.RUNS_DIR, name)   # before the teacher loads
     core.check_options(temperature, alpha)
     if not arch:
         raise common.UsageError("distill needs the student's architecture: --arch NAME "

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 from ..config import INFER_BS, DataConfig
 
 
@@ -36,15 +36,10 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more run 
     from .. import report
     from .. import runs
 
-    if bs < 1:
-        raise common.UsageError(f"--bs must be at least 1, got {bs}")
+    checks.number("--bs", bs, 1)
+    parsed = checks.numbers_list("--weights", weights, 0, low_open=True)
+    checks.new_folder(runs.RUNS_DIR, name)
     folders = [runs.existing(m) for m in members]
-    parsed = None
-    if weights is not None:
-        try:
-            parsed = [float(w) for w in weights.split(",")]
-        except ValueError:
-            raise common.UsageError(f"--weights must be numbers separated by commas, got {weights!r}")
     built = ens.build(folders, runs.RUNS_DIR, name, vote, parsed, data, labels, metric, mode, bs)
     meta = built.meta
     common.echo(f"{meta.vote} vote of {len(meta.members)} members on {built.source}:")

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 from ..config import INFER_BS, DataConfig
 
 
@@ -30,9 +30,10 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     from .. import runs
     from ..report import html
 
-    if bs < 1:
-        raise common.UsageError(f"--bs must be at least 1, got {bs}")
+    checks.number("--bs", bs, 1)
+    checks.number("--threshold", threshold, 0, 1)
     folder = runs.existing(run)
+    checks.new_folder(folder)   # RUN/eval-N: writable before the model is measured
     predictor = loader.load(folder)
     tta = predict.tta_default(predictor, tta)
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)

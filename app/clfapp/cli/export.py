@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 
 
 @common.command
@@ -30,7 +30,12 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
 
     if fmt != "onnx":
         raise common.UsageError(f"--format must be onnx (the only export format), got {fmt!r}")
+    checks.number("--opset", opset, ex.MIN_OPSET, ex.MAX_OPSET)
+    checks.number("--tolerance", tolerance, 0)
+    checks.output_folder("--out", out)
     folder = runs.existing(run)
+    if out is None:
+        checks.new_folder(folder)   # RUN/export-N
     target, info = ex.export(folder, out, opset, tolerance)
     shapes = ", ".join(f"{i['name']} float32 N x 3 x {i['size']} x {i['size']} in [0, 1] "
                        f"({i['resize']}, {i['interpolation']})" for i in info["inputs"])

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 
 
 @common.command
@@ -51,8 +51,9 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
     from .. import train
     from ..train import distributed
 
-    if processes is not None and processes < 1:
-        raise common.UsageError(f"--processes must be 1 or more (got {processes})")
+    checks.number("--processes", processes, 1)
+    if resume is None and distributed.is_main():   # rank 0 makes the folder: only it checks
+        checks.new_folder(runs.RUNS_DIR, name)   # before the data is read or a model made
     if processes and processes > 1 and distributed.active():
         raise common.UsageError(f"this is already one of {distributed.world_size()} processes "
                                 f"started by a launcher; drop --processes")
@@ -69,7 +70,9 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
                                     f"drop {', '.join(given)}")
         if distributed.active():
             distributed.check(None, distributed.world_size(), resume=True)
-        return _resume(runs.existing(resume), started)
+        folder = runs.existing(resume)
+        checks.output_folder("--resume", folder)   # it writes there: writable before it loads
+        return _resume(folder, started)
     if deterministic:
         set_ = [*(set_ or []), "train.deterministic=true"]
     recipe = common.project_default(recipe)  # none given: ./clfapp.toml

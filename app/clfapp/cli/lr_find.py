@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from . import common
+from . import checks, common
 
 
 @common.command
@@ -18,6 +18,7 @@ def lr_find(recipe: common.RecipeOrData = None, data: common.Data = None, arch: 
     from .. import runs
     from .. import train
 
+    checks.new_folder(runs.RUNS_DIR, name)
     recipe = common.project_default(recipe)  # none given: ./clfapp.toml
     cfg = common.resolve_config(recipe, data, arch, size, None, bs, None, seed, weights, pretrained, set_)
     common.check_data_path(recipe, cfg)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 from ..config import INFER_BS, INFER_WORKERS
 
 
@@ -49,10 +49,12 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     if resume and fmt != "csv":
         raise common.UsageError("--resume works with --format csv (a JSON file is written whole "
                                 "at the end)")
-    if workers < 0:
-        raise common.UsageError(f"--workers must be 0 or more, got {workers}")
-    if top_k < 1 or bs < 1:
-        raise common.UsageError(f"--top-k and --bs must be at least 1, got {top_k} and {bs}")
+    checks.number("--workers", workers, 0)
+    checks.number("--top-k", top_k, 1)
+    checks.number("--bs", bs, 1)
+    checks.number("--threshold", threshold, 0, 1)
+    if out is not None and not resume:   # --out's own folder is made (and removed if unused)
+        checks.output_file("--out", out, may_make=1)
     if paths:
         folder = runs.existing(run)
     else:  # `clfapp predict photos/`: the newest finished run classifies them
@@ -60,6 +62,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
         folder, line = auto.default_run(run, runs.RUNS_DIR)
         common.echo(line)
         paths = [run]
+    if out is None and not resume:
+        checks.new_folder(folder)   # RUN/predict-N
     files = pr.collect_paths(paths)
     predictor = loader.load(folder, backend)
     tta = pr.tta_default(predictor, tta)

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 
 
 @common.command
@@ -24,6 +24,8 @@ def runs(names: Annotated[Optional[list[str]], typer.Argument(help="Runs to show
     from ..report import history
     from .. import runs as folders
 
+    if compare:   # its folder DIR/compare-runs-N (or --name)
+        checks.new_folder(dir_, name)
     if names:
         found = [folders.existing(n) if not (dir_ / n).is_dir() else dir_ / n for n in names]
         rows, skipped = [], {}

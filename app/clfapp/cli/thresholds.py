@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 from ..config import INFER_BS, ThresholdsConfig
 
 
@@ -31,9 +31,10 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
         raise common.UsageError(f"--metric must be one of {', '.join(th.METRICS)}, got {metric!r}")
     if mode not in th.MODES:
         raise common.UsageError(f"--mode must be one of {', '.join(th.MODES)}, got {mode!r}")
-    if bs < 1:
-        raise common.UsageError(f"--bs must be at least 1, got {bs}")
+    checks.number("--bs", bs, 1)
     folder = runs.existing(run)
+    checks.new_folder(folder)   # RUN/thresholds-N, and the model's own files it updates
+    checks.output_folder("", folder / "model" if (folder / "model").is_dir() else folder)
     predictor = loader.load(folder)
     if not predictor.meta.multi_label:
         raise common.UsageError(f"{folder} holds a single-label model: it decides by the top class, "

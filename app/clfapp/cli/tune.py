@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import common
+from . import checks, common
 
 
 @common.command
@@ -58,6 +58,12 @@ def tune(recipe: common.RecipeOrData = None,
     from ..train import Terminated, _sigterm_as_interrupt
     from ..train import tune as tuning
 
+    checks.number("--trials", trials, 1)
+    checks.number("--keep", keep, 0)
+    checks.new_folder(runs.RUNS_DIR)
+    if study is not None:   # runs/NAME: an existing study continues
+        _check_study_name(study)
+        checks.output_folder("--study", runs.RUNS_DIR / study, may_make=len(runs.RUNS_DIR.parts))
     recipe = common.project_default(recipe)
     cfg = common.resolve_config(recipe, data, sets=set_)
     common.check_data_path(recipe, cfg)
@@ -71,8 +77,7 @@ def tune(recipe: common.RecipeOrData = None,
         tuning.grid_points(params, cfg.train.seed)   # lists only: refused before any loading
     tuning.check_combinations(cfg, params)
     name = study or f"tune-{cfg.recipe}"
-    if not name or "/" in name or name.startswith("."):
-        raise common.UsageError(f"--study {name!r}: give a plain name (its folder is runs/NAME)")
+    _check_study_name(name)
     folder = Path(runs.RUNS_DIR) / name
     common.echo(f"study {name} in {folder}: {settings.sampler} sampler, {settings.pruner} pruner; "
                 f"search space{'' if had else ' (the default: no [tune] table)'}: "
@@ -108,3 +113,8 @@ def tune(recipe: common.RecipeOrData = None,
     common.echo(f"best: trial {best.number}, {column} {best.value:.4f}: "
                 + ", ".join(f"{k}={tuning._fmt(v)}" for k, v in best.params.items()))
     common.echo(f"best recipe: {folder / 'best.toml'} (clfapp fit {folder / 'best.toml'})")
+
+
+def _check_study_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise common.UsageError(f"--study {name!r}: give a plain name (its folder is runs/NAME)")
