@@ -24,10 +24,11 @@ def _splits(run) -> pd.DataFrame:
     return pd.read_csv(run / "splits.csv", dtype=str, keep_default_na=False)
 
 
-def test_evaluate_on_the_training_folder_warns(trained_run, cli, monkeypatch):
+def test_evaluate_on_the_training_folder_warns(trained_run, cli, monkeypatch, tmp_path):
     # reproduced: evaluate --data on the folder the model trained on printed training-set
     # figures with no word about it
-    work, run = trained_run
+    work, shared = trained_run
+    run = _copy_run(shared, tmp_path / "tiny-run")   # evaluate writes RUN/eval-N
     monkeypatch.chdir(work)
     result = cli("evaluate", run, "--data", "data/shapes")
     assert result.exit_code == 0, result.output
@@ -41,8 +42,9 @@ def test_evaluate_on_the_training_folder_warns(trained_run, cli, monkeypatch):
     assert "training items of this model" in open(report).read()
 
 
-def test_evaluate_on_unseen_items_says_nothing(trained_run, cli, monkeypatch):
-    work, run = trained_run
+def test_evaluate_on_unseen_items_says_nothing(trained_run, cli, monkeypatch, tmp_path):
+    work, shared = trained_run
+    run = _copy_run(shared, tmp_path / "tiny-run")
     monkeypatch.chdir(work)
     valid = _splits(run)
     valid = valid[valid["split"] == "valid"]
@@ -75,7 +77,7 @@ def test_compare_warns_and_marks_a_model_trained_on_the_items(trained_run, leaky
     # reproduced: compare scored every model on the first model's validation split, whatever
     # the others were trained on
     work, run = trained_run
-    monkeypatch.chdir(work)
+    monkeypatch.chdir(leaky.parent)      # runs/compare-N here, not beside the shared run
     result = cli("compare", run, leaky, "--repeats", "1", "--threads", "1", "--name", "cmp-overlap")
     assert result.exit_code == 0, result.output
     mine, theirs = _splits(run), _splits(leaky)
@@ -83,24 +85,25 @@ def test_compare_warns_and_marks_a_model_trained_on_the_items(trained_run, leaky
     assert overlap > 0
     warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "training items of leaky" in warnings[0], result.stderr
-    table = pd.read_csv(work / "runs" / "cmp-overlap" / "comparison.csv")
+    table = pd.read_csv(leaky.parent / "runs" / "cmp-overlap" / "comparison.csv")
     assert list(table["model"]) == ["tiny-run", "leaky *"]
     assert list(table["overlap"]) == [0, overlap]
     assert f"{overlap} of the {int((mine['split'] == 'valid').sum())} items" in warnings[0]
-    md = (work / "runs" / "cmp-overlap" / "comparison.md").read_text()
+    md = (leaky.parent / "runs" / "cmp-overlap" / "comparison.md").read_text()
     assert "| leaky * |" in md and "trained on some of these items" in md
-    shutil.rmtree(work / "runs" / "cmp-overlap")
 
     strict = cli("compare", run, leaky, "--repeats", "1", "--strict")
     assert_usage_error(strict, "--strict", "training items of leaky")
-    assert not any(p.name.startswith("compare-") for p in (work / "runs").iterdir())
+    assert not any(p.name.startswith("compare-") for p in (leaky.parent / "runs").iterdir())
 
 
 def test_splits_csv_is_relative_and_old_absolute_ones_still_read(trained_run, cli, monkeypatch, tmp_path):
-    work, run = trained_run
+    work, shared = trained_run
+    run = _copy_run(shared, tmp_path / "new")
     paths = _splits(run)["path"]
     assert not any(os.path.isabs(p) for p in paths), paths.head().tolist()
     assert all((work / "data" / "shapes" / p).is_file() for p in paths)
+    assert set(_splits(run)["root"]) == {str(work / "data" / "shapes")}   # path = root/path
 
     from clfapp.data import splits
     read = splits.read(run / "splits.csv")
@@ -110,7 +113,7 @@ def test_splits_csv_is_relative_and_old_absolute_ones_still_read(trained_run, cl
     old = _copy_run(run, tmp_path / "old")
     s = _splits(old)
     s["path"] = [str(work / "data" / "shapes" / p) for p in s["path"]]
-    s.to_csv(old / "splits.csv", index=False)
+    s.drop(columns="root").to_csv(old / "splits.csv", index=False)
     monkeypatch.chdir(work)
     new_figures = cli("evaluate", run)
     old_figures = cli("evaluate", old)

@@ -218,12 +218,14 @@ FILE = "splits.csv"
 
 def write(items: pd.DataFrame, csv: Path | str, root: Path | str) -> None:
     """Write `items` (path, label, split, ...) as a splits.csv whose paths are relative to the
-    dataset root `root`, '/'-separated: the record names no folder of the machine it was made
-    on, and `read` puts them back under the root (and refuses any that would leave it)."""
+    dataset root `root`, '/'-separated, with a last column `root` (that folder, absolute, on
+    every row: the file is read whole by anyone, path = root/path). `read` puts them back
+    under the root (and refuses any that would leave it)."""
     import os
 
     out = items.copy()
     out["path"] = split_keys(out["path"], root)
+    out["root"] = str(Path(root).expanduser().absolute())
     csv = Path(csv)
     tmp = csv.with_name(f"{csv.name}.{os.getpid()}.tmp")   # each process its own (several ranks)
     out.to_csv(tmp, index=False)
@@ -277,8 +279,8 @@ def _inside(path: str, root: str) -> bool:
 
 def read(csv: Path | str, root: Path | str | None = None) -> pd.DataFrame:
     """A splits.csv (path, split, ...; strings, "" for empty cells) with each path absolute:
-    a relative one joined to the dataset root (`root`, or `record_root`), an absolute one (runs
-    written before paths were relative) kept. A path that leaves the root (`../../etc/x`, an
+    a relative one joined to the dataset root (`root`, else the file's `root` column, else
+    `record_root`), an absolute one (runs written before paths were relative) kept. A path that leaves the root (`../../etc/x`, an
     absolute file name elsewhere) is refused with one line: like a label CSV, a recorded split
     must not point clfapp at other files on the machine (symlinks inside the folder are still
     followed, as when the dataset is scanned)."""
@@ -293,6 +295,12 @@ def read(csv: Path | str, root: Path | str | None = None) -> pd.DataFrame:
         raise UsageError(f"{csv} is not a valid CSV: {str(e).strip().splitlines()[0]}")
     if "path" not in df.columns:
         return df
+    if root is None and "root" in df.columns and len(df):
+        given = set(df["root"])
+        if len(given) != 1 or not os.path.isabs(next(iter(given))):
+            raise UsageError(f"{csv}: its root column must name one absolute folder on every row")
+        root = next(iter(given))
+    df = df.drop(columns="root", errors="ignore")
     base = os.path.normpath(str(Path(root if root is not None else record_root(csv))
                                 .expanduser().absolute()))
     paths = [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
