@@ -222,7 +222,8 @@ def test_the_teacher_sees_the_augmented_batch_the_student_sees(cli, here, monkey
     def unnorm(x, mean_std):
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in mean_std)
         return x * std + mean
-    train = pd.read_csv(here / "runs" / "teacher" / "splits.csv").query("split == 'train'")
+    from clfapp.data import splits as recorded
+    train = recorded.read(here / "runs" / "teacher" / "splits.csv").query("split == 'train'")
     raw, _ = images.read_many(train["path"].tolist(), 24, "squish")
     raw = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255
     changed = 0

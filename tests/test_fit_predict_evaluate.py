@@ -121,7 +121,8 @@ def test_predict_folder_csv_and_json(cli, run):
 
 
 def test_predict_and_evaluate_agree_with_fit_on_the_validation_split(cli, run):
-    splits = pd.read_csv(run / "splits.csv", dtype=str)
+    from clfapp.data import splits as recorded
+    splits = recorded.read(run / "splits.csv")   # paths relative to the dataset: made absolute
     valid = splits[splits["split"] == "valid"]
     valid[["path", "label"]].to_csv("valid.csv", index=False)   # a list of paths for predict
 

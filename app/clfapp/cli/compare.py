@@ -15,11 +15,16 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
             labels: Annotated[str, typer.Option("--labels", help="With --data: folder | csv:FILE | name:REGEX.")] = DataConfig.labels,
             threads: Annotated[int, typer.Option("--threads", help="CPU threads for every model (0: torch's default).")] = 0,
             repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per figure (the median is reported).")] = 20,
+            strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 2) when a model was trained on some of the items compared on, instead of warning and marking its row.")] = False,
             name: common.Name = None):
     """Compare models side by side on the same items: accuracy, macro-F1 and ROC AUC
     (multi-label: micro-F1 at each model's thresholds, mAP), parameters, size on disk,
     latency per image at batch 1 and images/s at batch 32 (CPU, thread count and precision
     stated; decoding not timed).
+
+    The column overlap counts the compared items each model was trained on (its splits.csv:
+    train rows, and valid rows after fit --full); such a model is warned about and marked
+    with * (--strict refuses it).
 
     Prints the table and writes comparison.csv, comparison.md and report.html into
     runs/compare-N.
@@ -31,7 +36,7 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
     checks.number("--repeats", repeats, 1)
     checks.new_folder(runs.RUNS_DIR, name)   # not after every model was measured
     folders = [runs.existing(m) for m in models]
-    table, described, settings = cmp.compare(folders, data, threads, repeats, labels)
+    table, described, settings = cmp.compare(folders, data, threads, repeats, labels, strict)
     folder = runs.new_folder(runs.RUNS_DIR, "compare", name)
     md = cmp.markdown(table, described, settings)
     for fname, text in (("comparison.csv", table.to_csv(index=False)), ("comparison.md", md)):

@@ -37,8 +37,17 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     predictor = loader.load(folder)
     tta = predict.tta_default(predictor, tta)
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim)
+    # --data may hold images the model trained on (its own dataset folder): said, and recorded
+    found = ev.overlap(folder, items["path"]) if data else None
+    warning = ev.overlap_warning(folder.name, found)
+    if warning:
+        typer.echo(warning, err=True)
+        source += (f" ({found['n']} of its {found['of']} items were training items of this model: "
+                   "optimistic)")
     if predictor.kind == "ensemble":  # each member and the ensemble
         m, members, probs, y = ensemble.measure(predictor, items, tta, bs, threshold)
+        if found is not None:
+            m["training_overlap"] = found
         out = runs.new_folder(folder, "eval")
         built = ensemble.Built(folder, predictor.meta, m, members, source + (" (TTA)" if tta else ""))
         built.evidence = html.evidence_of(predictor, items, probs, y, source, threshold)
@@ -49,6 +58,8 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
         common.echo(f"report: {out / 'report.md'}")
         return
     m, probs, y = ev.measure(predictor, items, tta, bs, threshold)
+    if found is not None:
+        m["training_overlap"] = found   # metrics.json: how many measured items it trained on
     out = runs.new_folder(folder, "eval")
     extra = [f"Data: {source}" + (" (TTA)" if tta else "") + ".", ""]
     evidence = html.evidence_of(predictor, items, probs, y, source, threshold)  # report.html

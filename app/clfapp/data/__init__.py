@@ -333,7 +333,7 @@ def split_items(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     items = splits.assign(items, cfg.data.split, cfg.data.valid_pct, cfg.data.seed, y,
                           root=dataset_root(cfg.data), test_pct=cfg.data.test_pct)
     if cfg.data.splits_from:
-        items = splits.reuse(items, cfg.data.splits_from)
+        items = splits.reuse(items, cfg.data.splits_from, root=dataset_root(cfg.data))
     return (items[items["split"] != "test"].reset_index(drop=True),
             items[items["split"] == "test"])
 

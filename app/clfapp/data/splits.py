@@ -213,28 +213,132 @@ def assign(items: pd.DataFrame, method: str, valid_pct: float, seed: int,
     return items
 
 
-def recorded(source: str | Path) -> pd.Series:
-    """The split of every item a run recorded: path → train/valid/test, from a run folder's
-    splits.csv (or the CSV itself)."""
+FILE = "splits.csv"
+
+
+def write(items: pd.DataFrame, csv: Path | str, root: Path | str) -> None:
+    """Write `items` (path, label, split, ...) as a splits.csv whose paths are relative to the
+    dataset root `root`, '/'-separated, with a last column `root` (that folder, absolute, on
+    every row: the file is read whole by anyone, path = root/path). `read` puts them back
+    under the root (and refuses any that would leave it)."""
+    import os
+
+    out = items.copy()
+    out["path"] = split_keys(out["path"], root)
+    out["root"] = str(Path(root).expanduser().absolute())
+    csv = Path(csv)
+    tmp = csv.with_name(f"{csv.name}.{os.getpid()}.tmp")   # each process its own (several ranks)
+    out.to_csv(tmp, index=False)
+    os.replace(tmp, csv)
+
+
+def record_root(csv: Path | str) -> Path:
+    """The dataset folder a splits.csv's paths are relative to, and confined to: the dataset
+    root of the config.toml beside it (a run folder, an ensemble member), the data_root of the
+    ensemble.json beside it (else its first member's), else the CSV's own folder."""
+    import json
+
+    from ..config import from_file
+
+    folder = Path(csv).absolute().parent
+    config = folder / "config.toml"
+    if not config.is_file() and (folder / "ensemble.json").is_file():
+        try:
+            meta = json.loads((folder / "ensemble.json").read_text())
+            root, first = meta.get("data_root"), meta["members"][0]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            root = first = None
+        if isinstance(root, str) and Path(root).is_absolute():
+            return Path(root)
+        if isinstance(first, str) and "/" not in first and "\\" not in first and first not in (".", ".."):
+            config = folder / "members" / first / "config.toml"
+    if config.is_file():
+        try:
+            path = from_file(config).data.path
+        except (UsageError, OSError, ValueError):
+            path = ""
+        if path:
+            root = Path(path).expanduser()
+            if not root.is_absolute():
+                # data.path as typed, relative to where fit ran: here, or the folder holding
+                # runs/ (a run is runs/NAME; an ensemble member runs/ENS/members/NAME)
+                homes = [Path.cwd(), *config.absolute().parents[1:5]]
+                root = next((h / root for h in homes if (h / root).exists()), Path.cwd() / root)
+            root = root.absolute()
+            return root.parent if root.is_file() or root.suffix.lower() == ".csv" else root
+    return folder
+
+
+def _inside(path: str, root: str) -> bool:
+    import os
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:    # another drive (Windows)
+        return False
+
+
+def read(csv: Path | str, root: Path | str | None = None) -> pd.DataFrame:
+    """A splits.csv (path, split, ...; strings, "" for empty cells) with each path absolute:
+    a relative one joined to the dataset root (`root`, else the file's `root` column, else
+    `record_root`), an absolute one (runs written before paths were relative) kept. A path that leaves the root (`../../etc/x`, an
+    absolute file name elsewhere) is refused with one line: like a label CSV, a recorded split
+    must not point clfapp at other files on the machine (symlinks inside the folder are still
+    followed, as when the dataset is scanned)."""
+    import os
+
+    csv = Path(csv)
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"{csv} is empty; it needs a header (path,split,...) and one row per image")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"{csv} is not a valid CSV: {str(e).strip().splitlines()[0]}")
+    if "path" not in df.columns:
+        return df
+    if root is None and "root" in df.columns and len(df):
+        given = set(df["root"])
+        if len(given) != 1 or not os.path.isabs(next(iter(given))):
+            raise UsageError(f"{csv}: its root column must name one absolute folder on every row")
+        root = next(iter(given))
+    df = df.drop(columns="root", errors="ignore")
+    base = os.path.normpath(str(Path(root if root is not None else record_root(csv))
+                                .expanduser().absolute()))
+    paths = [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+             for p in df["path"]]
+    outside = [raw for raw, p in zip(df["path"], paths) if not _inside(p, base)]
+    if outside:
+        raise UsageError(f"{csv} names {len(outside)} file(s) outside the dataset folder {base}, "
+                         f"e.g. {outside[0]!r}; a splits.csv lists only that folder's images")
+    df["path"] = paths
+    return df
+
+
+def recorded(source: str | Path, root: Path | str | None = None) -> pd.Series:
+    """The split of every item a run recorded: absolute path → train/valid/test, from a run
+    folder's splits.csv (or the CSV itself; `read`: paths confined to `root` or the record's
+    dataset folder)."""
     path = Path(source)
-    csv = path / "splits.csv" if path.is_dir() else path
+    csv = path / FILE if path.is_dir() else path
     if not csv.is_file():
         raise UsageError(f"data.splits_from: {csv} not found (give a run folder holding "
                          "splits.csv, or the CSV itself)")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df = read(csv, root)
     if not {"path", "split"} <= set(df.columns):
         raise UsageError(f"data.splits_from: {csv} has no path and split columns")
     return df.drop_duplicates("path").set_index("path")["split"]
 
 
-def reuse(items: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+def reuse(items: pd.DataFrame, source: str | Path, root: Path | str | None = None) -> pd.DataFrame:
     """`items` with the train/valid/test assignment recorded in `source` wherever it lists an
     item (matched by absolute path); the others keep the split `assign` gave them (said on
     stderr). So a second model (an ensemble member, a distilled student) validates on exactly
-    the images the first one never trained on."""
-    given = recorded(source)
+    the images the first one never trained on. `root`: the dataset folder of `items`, which
+    the record's relative paths are joined to."""
+    import os
+
+    given = recorded(source, root)   # normalised absolute paths
     items = items.copy()
-    found = items["path"].map(given)
+    found = items["path"].map(lambda p: given.get(os.path.normpath(p)))
     listed = found.notna() & found.isin(["train", "valid", "test"])
     if not listed.any():
         raise UsageError(f"data.splits_from: none of this dataset's images is listed in {source}; "

@@ -16,6 +16,7 @@ difference being measured. The thread count and precision are part of the table.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +108,17 @@ def quality(model: Model, items) -> dict:
 
 
 def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
-            repeats: int = 20, labels: str = "folder"):
-    """(table DataFrame, description of the items, settings dict) for `folders`."""
+            repeats: int = 20, labels: str = "folder", strict: bool = False):
+    """(table DataFrame, description of the items, settings dict) for `folders`.
+
+    The column `overlap` counts the items each model was trained on (its run's splits.csv:
+    train rows, and valid rows after fit --full; n/a when unknown); such a model gets a
+    warning on stderr and a `*` on its name. `strict` refuses them instead (UsageError)."""
     import pandas as pd
     import torch
 
     from .decoding import decode_per_input
-    from .evaluate import labelled_items
+    from .evaluate import labelled_items, overlap, overlap_warning
 
     if threads:
         torch.set_num_threads(threads)
@@ -130,6 +135,18 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
                                       also=[m.home for m in models[1:]])
     if not len(items):
         raise UsageError(f"no labelled items to compare on ({described}); pass --data PATH")
+    # a model measured on items it was trained on (another run's validation split, or --data
+    # holding its training folder) scores high for it: counted, warned, marked in the table
+    overlaps = {m.name: overlap(m.home, items["path"]) for m in models}
+    seen = {name: o for name, o in overlaps.items() if o and o["n"]}
+    if seen and strict:
+        name, o = next(iter(seen.items()))
+        more = f" (and {len(seen) - 1} other model(s))" if len(seen) > 1 else ""
+        raise UsageError(f"--strict: {o['n']} of the {o['of']} items to compare on were training "
+                         f"items of {name}{more}, e.g. {Path(o['examples'][0]).name}; compare on "
+                         "images none of them trained on (--data)")
+    for name, o in seen.items():
+        print(overlap_warning(name, o), file=sys.stderr)
     sample = items["path"].tolist()[:32]
     decoded, kept = decode_per_input(sample, [k for m in models for k in m.inputs])
     if not len(kept):
@@ -139,10 +156,13 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
     rows = []
     for m in models:
         print(f"measuring {m.name} ...", flush=True)
-        rows.append({"model": m.name, "kind": m.kind, **quality(m, items),
+        o = overlaps[m.name]
+        rows.append({"model": m.name + (" *" if o and o["n"] else ""), "kind": m.kind,
+                     **quality(m, items), "overlap": None if o is None else o["n"],
                      "parameters_m": m.parameters / 1e6, "size_mb": m.disk_bytes / 1e6,
                      **speed(m, pixels, repeats)})
     table = pd.DataFrame(rows)
+    table["overlap"] = pd.Series([r["overlap"] for r in rows], dtype=object)  # ints, None: n/a
     base = table["latency_ms_bs1"].min()
     table["latency_vs_fastest"] = table["latency_ms_bs1"] / base
     settings = {"threads": threads, "precision": "fp32", "repeats": repeats,
@@ -163,4 +183,7 @@ def markdown(table, described: str, settings: dict) -> str:
              f"{settings['timed_on']}.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    if "overlap" in table.columns and (table["overlap"].fillna(0) > 0).any():
+        lines += ["", "\\* trained on some of these items (the `overlap` column counts them): its "
+                  "figures are optimistic, not evidence."]
     return "\n".join(lines) + "\n"

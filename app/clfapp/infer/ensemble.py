@@ -234,7 +234,7 @@ def shared_items(runs: list[Path], data_given: bool):
             raise UsageError(f"the members do not share one split ({pairs}): the ensemble's "
                              f"validation figures would be inflated; refit them with --splits-from "
                              f"{runs[0]}, or pass --data PATH to measure on other labelled data")
-    first = pd.read_csv(runs[0] / "splits.csv", dtype=str, keep_default_na=False)
+    first = splits.read(runs[0] / "splits.csv")
     first = first.drop_duplicates("path")
     same = pd.Series(True, index=first.index)
     for r in runs[1:]:
@@ -286,6 +286,9 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
     (soft vote) on the ensemble's own probabilities, write metrics.json and report.md."""
     from . import bundle
     from .. import runs as runfolders
+    from .. import data
+    from ..config import DataConfig
+    from ..data import splits
     from . import thresholds as th
 
     runs = [Path(r) for r in runs]
@@ -331,9 +334,13 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
             for record in ("splits.csv", "config.toml"):  # provenance; distill reads the config
                 if (run / record).is_file():
                     shutil.copy2(run / record, target / record)
-        shared.to_csv(folder / "splits.csv", index=False)
+        # relative to the dataset measured on: --data's, or the members'
+        root = (data.dataset_root(DataConfig(path=data_path)) if data_path
+                else splits.record_root(runs[0] / "splits.csv"))
+        splits.write(shared, folder / "splits.csv", root)
         meta = EnsembleMeta(vote=vote, weights=w, members=names, classes=list(first.classes),
                             multi_label=first.multi_label, label_delim=first.label_delim,
+                            data_root=str(root),
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             versions=bundle.library_versions())
         write_meta(folder, meta)
@@ -359,7 +366,8 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
 def _warn_trained_on(runs: list[Path], items) -> None:
     """Say on stderr when members trained on some of the images the ensemble is measured on."""
     from ..data import splits
-    paths = set(items["path"])
+    import os
+    paths = {os.path.normpath(p) for p in items["path"]}
     for r in runs:
         if (r / "splits.csv").is_file():
             rec = splits.recorded(r)

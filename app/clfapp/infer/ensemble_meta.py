@@ -35,13 +35,14 @@ class EnsembleMeta:
     thresholds: list[float] | None = None
     created: str = ""
     versions: dict = field(default_factory=dict)
+    data_root: str = ""     # the dataset folder its splits.csv's relative paths are under
     format: int = FORMAT
     kind: str = "ensemble"
 
     def to_json(self) -> str:
         d = asdict(self)
         order = ("format", "kind", "vote", "weights", "members", "classes", "multi_label",
-                 "label_delim", "thresholds", "created", "versions")
+                 "label_delim", "thresholds", "created", "versions", "data_root")
         return json.dumps({k: d[k] for k in order}, indent=2) + "\n"
 
 
@@ -72,7 +73,19 @@ def read_meta(folder) -> EnsembleMeta:
     if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
                for w in meta.weights):
         raise UsageError(f"{path}: weights must be one positive number per member, got {meta.weights}")
+    # a member is a folder under members/: a name that leaves it (../../x, /elsewhere) would
+    # load weights from anywhere on the machine
+    bad = [m for m in meta.members if not _member_name_ok(m)]
+    if bad:
+        raise UsageError(f"{path} names member {bad[0]!r} outside its folder {Path(folder) / MEMBERS}; "
+                         "a member is one folder name under it")
     return meta
+
+
+def _member_name_ok(name) -> bool:
+    """A member is one plain folder name (no '/', '\\', '..', absolute path or empty)."""
+    return (isinstance(name, str) and name.strip() not in ("", ".", "..")
+            and "/" not in name and "\\" not in name and not Path(name).is_absolute())
 
 
 def write_meta(folder, meta: EnsembleMeta) -> None:

@@ -33,8 +33,6 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
     model.json trained_on): the run's test split is used instead when it has one, unless
     `tune` (a threshold search must not see the test split); else one UsageError: give --data.
     """
-    import pandas as pd
-
     from .. import data
     from ..config import DataConfig
     from ..errors import UsageError
@@ -45,7 +43,7 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
     splits = run / "splits.csv"
     if not splits.is_file():
         raise UsageError(f"{run} has no splits.csv; pass --data PATH")
-    items = pd.read_csv(splits, dtype=str, keep_default_na=False)
+    items = data.splits.read(splits)   # paths absolute, confined to the dataset folder
     rows, split = evidence_split(items, run.name, [run, *also], tune)
     if split == "test":
         return rows, (f"test split of {run.name} (its validation images were trained on by the "
@@ -81,6 +79,23 @@ def evidence_split(items, where: str, folders, tune: bool = False):
     return test, "test"
 
 
+def _models(folders):
+    """Every model (members.Member) of `folders`: run, ensemble or bundle folders, or an ONNX
+    export (RUN/export-N: its run's model). A folder holding no model adds nothing."""
+    from pathlib import Path
+
+    from . import bundle, ensemble_meta, members
+
+    for folder in folders:
+        folder = Path(folder)
+        if (folder / "onnx.json").is_file() and not (folder / bundle.META).is_file():
+            folder = folder.parent   # an export's items are its run's
+        if not (ensemble_meta.is_ensemble(folder) or (folder / bundle.META).is_file()
+                or (folder / "model" / bundle.META).is_file()):
+            continue
+        yield from members.read(folder).members
+
+
 def trained_on_valid(folders) -> list[tuple[str, set]]:
     """(name, its validation paths) of every model in `folders` (run, ensemble or bundle
     folders; an export's home) whose weights were trained on its own run's validation images
@@ -89,20 +104,63 @@ def trained_on_valid(folders) -> list[tuple[str, set]]:
     from pathlib import Path
 
     from ..data import splits
-    from . import bundle, ensemble_meta, members
+    from . import bundle
 
     out = []
-    for folder in folders:
-        folder = Path(folder)
-        if not (ensemble_meta.is_ensemble(folder) or (folder / bundle.META).is_file()
-                or (folder / "model" / bundle.META).is_file()):
-            continue
-        for m in members.read(folder).members:
-            record = Path(m.folder) / "splits.csv"
-            if m.meta.trained_on == bundle.TRAIN_VALID and record.is_file():
-                rec = splits.recorded(record)
-                out.append((m.name, set(rec.index[rec == "valid"])))
+    for m in _models(folders):
+        record = Path(m.folder) / "splits.csv"
+        if m.meta.trained_on == bundle.TRAIN_VALID and record.is_file():
+            rec = splits.recorded(record)
+            out.append((m.name, set(rec.index[rec == "valid"])))
     return out
+
+
+def training_items(folder) -> set[str] | None:
+    """The resolved paths of every item the weights of `folder`'s model(s) were trained on:
+    the train rows of each member's splits.csv, and its valid rows too after `fit --full`
+    (model.json trained_on). None when no member recorded a splits.csv (unknown)."""
+    from pathlib import Path
+
+    from ..data import splits
+    from . import bundle
+
+    seen, known = set(), False
+    for m in _models([folder]):
+        record = Path(m.folder) / "splits.csv"
+        if not record.is_file():
+            continue
+        known = True
+        rec = splits.recorded(record)
+        parts = ["train", "valid"] if m.meta.trained_on == bundle.TRAIN_VALID else ["train"]
+        seen |= {_resolved(p) for p in rec.index[rec.isin(parts)]}
+    return seen if known else None
+
+
+def _resolved(path: str) -> str:
+    import os
+    return os.path.realpath(path)
+
+
+def overlap(folder, paths) -> dict | None:
+    """How many of `paths` (the items a model is measured on) the model(s) of `folder` were
+    trained on, compared by resolved absolute path: {"n", "of", "examples" (up to 3 paths)}.
+    None when the model's training items are unknown (no splits.csv recorded)."""
+    seen = training_items(folder)
+    if seen is None:
+        return None
+    paths = list(paths)
+    hits = [p for p in paths if _resolved(p) in seen]
+    return {"n": len(hits), "of": len(paths), "examples": hits[:3]}
+
+
+def overlap_warning(name: str, found: dict | None) -> str | None:
+    """The one warning line for an overlap `found` by `overlap` (None when there is none)."""
+    if not found or not found["n"]:
+        return None
+    from pathlib import Path
+    shown = ", ".join(Path(p).name for p in found["examples"])
+    return (f"warning: {found['n']} of the {found['of']} items measured were training items of "
+            f"{name} (e.g. {shown}): its figures on them are optimistic, not evidence")
 
 
 def measure(predictor, items, tta: bool = False, bs: int = INFER_BS, threshold: float | None = None):

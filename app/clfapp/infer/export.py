@@ -279,12 +279,12 @@ def _stamp(target: Path, facts: dict) -> None:
 def validation_paths(folder: Path, limit: int = PARITY_IMAGES) -> list[str]:
     """Up to `limit` validation images of a run/ensemble folder (splits.csv, split == valid),
     spread evenly over the list; [] when there is none to read."""
-    import pandas as pd
+    from ..data import splits as recorded_splits
 
     splits = Path(folder) / "splits.csv"
     if not splits.is_file():
         return []
-    items = pd.read_csv(splits, dtype=str, keep_default_na=False)
+    items = recorded_splits.read(splits)
     if "split" not in items or "path" not in items:
         return []
     paths = [p for p in items.loc[items["split"] == "valid", "path"] if Path(p).is_file()]

@@ -22,7 +22,7 @@ from ..models import losses, optim, weights
 
 from . import distributed, schedules
 
-from ..data import samples
+from ..data import samples, splits
 from ..config import Config
 
 
@@ -111,7 +111,7 @@ def prepare(cfg: Config, folder: Path, dataset: data.Dataset | None = None) -> P
     reproducible.seed(cfg.train)   # and train.deterministic's settings
     ds = distributed.rank0_first(lambda: (samples.materialise(cfg.data), data.load(cfg))[1]) if dataset is None else dataset
     if dataset is None:
-        ds.items.to_csv(folder / "splits.csv", index=False)
+        splits.write(ds.items, folder / "splits.csv", data.dataset_root(cfg.data))
     counts = ds.items["split"].value_counts()
     print(f"{len(ds.classes)} {'labels' if ds.multi_label else 'classes'}; "
           f"{len(ds.indices('train'))} train, {len(ds.indices('valid'))} valid"

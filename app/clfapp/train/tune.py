@@ -321,7 +321,7 @@ def run_study(base: Config, params: list[Param], settings: TuneConfig, folder: P
     import optuna
 
     from .. import data
-    from ..data import samples
+    from ..data import samples, splits
     from . import monitor_name
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)   # our own lines; no tracebacks
@@ -357,7 +357,7 @@ def run_study(base: Config, params: list[Param], settings: TuneConfig, folder: P
         _record_or_check(study, base, params, digest, column, name)
     finally:
         lock.release()
-    _write_once(folder / "splits.csv", lambda tmp: ds.items.to_csv(tmp, index=False))
+    _write_once(folder / "splits.csv", lambda tmp: splits.write(ds.items, tmp, root))
 
     def dataset_for(cfg: Config):
         key = (cfg.data.size, cfg.data.resize)
@@ -439,7 +439,8 @@ def _run_trial(trial, base: Config, params: list[Param], folder: Path, dataset_f
     """One trial: a normal fit in folder/trial-N on the study's images, pruned per epoch."""
     import optuna
 
-    from .. import train
+    from .. import data, train
+    from ..data import splits
 
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -459,7 +460,7 @@ def _run_trial(trial, base: Config, params: list[Param], folder: Path, dataset_f
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     ds = dataset_for(cfg)
-    ds.items.to_csv(run_dir / "splits.csv", index=False)   # fit writes it only for data it loads
+    splits.write(ds.items, run_dir / "splits.csv", data.dataset_root(cfg.data))   # fit writes it only for data it loads
     cb = _epoch_callback(trial, column, deadline, prune)
     t0 = time.perf_counter()
     try:
