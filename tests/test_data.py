@@ -361,9 +361,12 @@ def test_splits_csv_written_by_fit_has_every_item(cli, tmp_path, monkeypatch, ti
     make_folder_dataset(root / "test", n_per_class=2)
     result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s", "--split-seed", "5")
     assert result.exit_code == 0, result.output
-    df = pd.read_csv(tmp_path / "runs" / "s" / "splits.csv", dtype=str)
-    assert list(df.columns[:3]) == ["path", "label", "split"]
-    on_disk = {str(p) for p in root.rglob("*.png")}  # absolute: readable from any folder
+    raw = pd.read_csv(tmp_path / "runs" / "s" / "splits.csv", dtype=str)
+    assert list(raw.columns[:3]) == ["path", "label", "split"]
+    # stored relative to the dataset root (its `root` column), read back absolute
+    assert set(raw["path"]) == {str(p.relative_to(root)) for p in root.rglob("*.png")}
+    df = splits.read(tmp_path / "runs" / "s" / "splits.csv")
+    on_disk = {str(p) for p in root.rglob("*.png")}
     assert len(df) == len(on_disk) == 30
     assert set(df["path"]) == on_disk
     counts = df["split"].value_counts().to_dict()
@@ -380,6 +383,6 @@ def test_splits_csv_written_by_fit_has_every_item(cli, tmp_path, monkeypatch, ti
     # the same seed gives the same split: a second run agrees item for item
     result = cli("fit", tiny_recipe, "--data", "data/split", "--name", "s2", "--split-seed", "5")
     assert result.exit_code == 0, result.output
-    df2 = pd.read_csv(tmp_path / "runs" / "s2" / "splits.csv", dtype=str)
+    df2 = splits.read(tmp_path / "runs" / "s2" / "splits.csv")
     assert df.sort_values("path").reset_index(drop=True).equals(
         df2.sort_values("path").reset_index(drop=True))

@@ -211,7 +211,7 @@ def test_fit_tunes_thresholds_into_the_bundle_and_reports_before_and_after(multi
 
 
 def test_predict_matches_evaluate_and_uses_the_tuned_thresholds(cli, multi_run):
-    items = pd.read_csv(multi_run / "splits.csv", dtype=str, keep_default_na=False)
+    items = splits.read(multi_run / "splits.csv")   # paths joined to the dataset root
     valid = items[items["split"] == "valid"]
     listing = multi_run.parent.parent / "valid.txt"
     listing.write_text("\n".join(valid["path"]) + "\n")
