@@ -35,7 +35,8 @@ def _fit_processes(work: Path, *args) -> subprocess.CompletedProcess:
 def _cross_entropy(run: Path) -> tuple[float, int]:
     """The saved model's mean cross-entropy on the whole validation split, and its size."""
     from clfapp.infer.predict import Predictor
-    splits = pd.read_csv(run / "splits.csv", dtype=str)
+    from clfapp.data import splits as split_files
+    splits = split_files.read(run / "splits.csv")   # paths joined to the dataset root
     valid = splits[splits["split"] == "valid"]
     pred = Predictor(run / "model")
     probs, kept = pred.probabilities(valid["path"].tolist())
