@@ -1,8 +1,8 @@
-"""Every fastai / fastprogress internal clfapp names (clfapp/compat.py), tried against the
+"""Every fastai / fastprogress internal clfapp names (clfapp/models/compat.py), tried against the
 installed release on a tiny real DataLoader and Learner (16 rows of 3 numbers, a linear model,
 a few steps).
 
-A failure names the internal and the installed version: the cue to adapt clfapp/compat.py
+A failure names the internal and the installed version: the cue to adapt clfapp/models/compat.py
 before widening pyproject.toml's fastai range. Each function is also handed an object without
 its internal, and must say which one is missing rather than carry on.
 """
@@ -24,8 +24,8 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
 
-from clfapp import compat
-from clfapp.compat import FastaiChanged
+from clfapp.models import compat
+from clfapp.models.compat import FastaiChanged
 
 N, BS = 16, 4
 

@@ -126,12 +126,12 @@ def test_a_plain_state_dict_still_loads(tmp_path):
 # --- two runs at once -----------------------------------------------------------------------
 
 def _take_folders(parent: str, n: int, queue) -> None:
-    from clfapp import runs
+    from clfapp.models import runs
     queue.put([runs.new_folder(Path(parent), "tiny").name for _ in range(n)])
 
 
 def test_runs_started_at_once_never_share_a_folder(tmp_path):
-    from clfapp import runs
+    from clfapp.models import runs
 
     # threads, released together
     barrier = threading.Barrier(8)
@@ -163,7 +163,7 @@ def test_runs_started_at_once_never_share_a_folder(tmp_path):
 
 def test_two_runs_given_one_name_one_is_refused(tmp_path):
     from clfapp.errors import UsageError
-    from clfapp import runs
+    from clfapp.models import runs
 
     barrier = threading.Barrier(2)
     outcome = []

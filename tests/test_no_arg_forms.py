@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clfapp import auto, config, runs
+from clfapp import auto, config
+from clfapp.models import runs
 
 from conftest import TINY_ARCH, assert_usage_error, make_folder_dataset, write_recipe
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import UsageError
-from .runs import looks_like_run, named, newest_finished_run
+from .models.runs import looks_like_run, named, newest_finished_run
 
 # --- the rules' numbers (measured on a 2-core CPU, DESIGN §8; to be tuned) -------------------
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
-from .. import runs
+from ..models import runs
 
 
 def _fmt(x) -> str:

@@ -30,7 +30,7 @@ def compare(models: Annotated[list[str], typer.Argument(help="Run, ensemble or e
     runs/compare-N.
     """
     from ..infer import compare as cmp
-    from .. import runs
+    from ..models import runs
 
     checks.number("--threads", threads, 0)
     checks.number("--repeats", repeats, 1)

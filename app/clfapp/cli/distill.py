@@ -43,7 +43,7 @@ def distill(teacher: Teacher, arch: StudentArch = None, temperature: Temperature
     from pathlib import Path
 
     from ..train import distill as core
-    from .. import runs
+    from ..models import runs
     from .fit import EXIT_CODES
 
     checks.number("--temperature", temperature, 0, low_open=True)

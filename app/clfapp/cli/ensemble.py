@@ -34,7 +34,7 @@ def ensemble(members: Annotated[list[str], typer.Argument(help="Two or more run 
     """
     from ..infer import ensemble as ens
     from .. import report
-    from .. import runs
+    from ..models import runs
 
     checks.number("--bs", bs, 1)
     parsed = checks.numbers_list("--weights", weights, 0, low_open=True)

@@ -27,7 +27,7 @@ def evaluate(run: Annotated[str, typer.Argument(help="Run folder (or its name un
     from ..infer import evaluate as ev
     from ..infer import ensemble, loader, predict
     from .. import report
-    from .. import runs
+    from ..models import runs
     from ..report import html
 
     checks.number("--bs", bs, 1)

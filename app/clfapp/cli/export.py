@@ -26,7 +26,7 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
     and removes the export. Use it with `clfapp predict RUN PATHS --backend onnx`.
     """
     from ..infer import export as ex
-    from .. import runs
+    from ..models import runs
 
     if fmt != "onnx":
         raise common.UsageError(f"--format must be onnx (the only export format), got {fmt!r}")

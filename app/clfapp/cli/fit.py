@@ -47,7 +47,7 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
     a run that was killed or stopped from there (a finished run: says so, exit 0).
     """
     started = time.perf_counter()  # --budget counts from here: loading torch and the data spend it
-    from .. import runs
+    from ..models import runs
     from .. import train
     from ..train import distributed
 

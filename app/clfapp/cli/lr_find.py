@@ -15,7 +15,7 @@ def lr_find(recipe: common.RecipeOrData = None, data: common.Data = None, arch: 
     Like fit, it takes a folder of labelled images (or a .csv) instead of a recipe, and with no
     argument the project's ./clfapp.toml.
     """
-    from .. import runs
+    from ..models import runs
     from .. import train
 
     checks.new_folder(runs.RUNS_DIR, name)

@@ -38,7 +38,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     """
     from ..infer import loader, stream
     from ..infer import predict as pr
-    from .. import runs
+    from ..models import runs
 
     if fmt not in ("csv", "json"):
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
@@ -111,7 +111,7 @@ def _remove_if_empty(folder: Path, made: bool) -> None:
 
 def _resumable(folder: Path) -> Path | None:
     """predictions.csv of RUN's newest predict-N folder (finished or not), to resume."""
-    from .. import runs
+    from ..models import runs
     for _, p in reversed(runs.numbered(folder, "predict")):
         out = p / "predictions.csv"
         if out.exists() or out.with_name(out.name + ".part").exists():

@@ -22,7 +22,7 @@ def runs(names: Annotated[Optional[list[str]], typer.Argument(help="Runs to show
     side into a new folder.
     """
     from ..report import history
-    from .. import runs as folders
+    from ..models import runs as folders
 
     if compare:   # its folder DIR/compare-runs-N (or --name)
         checks.new_folder(dir_, name)

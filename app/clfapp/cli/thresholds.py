@@ -24,7 +24,7 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     from ..infer import evaluate as ev
     from ..infer import loader
     from .. import report
-    from .. import runs
+    from ..models import runs
     from ..infer import thresholds as th
 
     if metric not in th.METRICS:

@@ -54,7 +54,7 @@ def tune(recipe: common.RecipeOrData = None,
     from pathlib import Path
 
     from .. import recipes
-    from .. import runs
+    from ..models import runs
     from ..train import Terminated, _sigterm_as_interrupt
     from ..train import tune as tuning
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UsageError
-from ..pickles import WHY_NO_PICKLE, is_pickle, refuse_pickle
+from ..models.pickles import WHY_NO_PICKLE, is_pickle, refuse_pickle
 
 FORMAT = 3
 """2: model.json may hold test_size, which format-1 readers would ignore and predict wrong.

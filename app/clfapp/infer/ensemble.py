@@ -142,7 +142,7 @@ class EnsemblePredictor:
     def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities (or hard-vote matrix) from the members'."""
         if self.meta.vote == "hard":
-            from ..decisions import decision_thresholds
+            from ..models.decisions import decision_thresholds
             return hard_vote(member_probs, self.weights, self.meta.multi_label,
                              [decision_thresholds(m.meta) for m in self.members])
         return soft_vote(member_probs, self.weights)
@@ -285,7 +285,7 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
     the shared splits.csv, measure each member and the ensemble, search multi-label thresholds
     (soft vote) on the ensemble's own probabilities, write metrics.json and report.md."""
     from . import bundle
-    from .. import runs as runfolders
+    from ..models import runs as runfolders
     from .. import data
     from ..config import DataConfig
     from ..data import splits

@@ -174,7 +174,7 @@ def score(probs, items, meta, threshold: float | None = None):
     """(metrics, truth) of probabilities `probs` for labelled `items` (rows aligned), for a
     model described by `meta` (classes, multi_label, thresholds, label_delim)."""
     from .. import data
-    from ..decisions import decision_thresholds
+    from ..models.decisions import decision_thresholds
 
     if meta.multi_label:
         if "labels" not in items.columns:

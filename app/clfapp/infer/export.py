@@ -319,7 +319,7 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
     """
     import shutil
 
-    from .. import runs
+    from ..models import runs
     from . import loader
 
     if not MIN_OPSET <= opset <= MAX_OPSET:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import runs
+from ..models import runs
 from ..config import INFER_BS
 from ..errors import UsageError
 from .decoding import Input, decode_per_input, gathered

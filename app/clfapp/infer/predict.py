@@ -9,7 +9,7 @@ import numpy as np
 from ..data import images
 from ..errors import UsageError
 from ..config import INFER_BS
-from ..decisions import decision_thresholds
+from ..models.decisions import decision_thresholds
 from . import model_io
 from .decoding import Input, gathered, input_of
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decisions import decision_thresholds
+from ..models.decisions import decision_thresholds
 from ..errors import UsageError
 
 RECORD = ".meta.json"

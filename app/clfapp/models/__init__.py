@@ -182,7 +182,7 @@ def build(arch: Arch, n_out: int, dropout: float = 0.5, concat_pool: bool = True
     from fastai.vision.learner import (TimmBody, add_head, create_body, default_split,
                                        num_features_model)
 
-    from ..compat import timm_body_needs_pool, torchvision_meta
+    from .compat import timm_body_needs_pool, torchvision_meta
 
     from ..config import parse_head_hidden
 

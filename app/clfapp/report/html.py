@@ -93,7 +93,7 @@ def evidence_of(predictor, items, probs, y, described: str = "", threshold: floa
     single = hasattr(predictor, "model")
     thresholds = None
     if meta.multi_label:
-        from ..decisions import decision_thresholds
+        from ..models.decisions import decision_thresholds
         thresholds = decision_thresholds(meta, threshold)
     size = getattr(meta, "input_size", 0) or (predictor.members[0].meta.input_size if hasattr(predictor, "members") else 0)
     resize = getattr(meta, "resize", "") or (predictor.members[0].meta.resize if hasattr(predictor, "members") else "squish")

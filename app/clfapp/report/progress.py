@@ -45,7 +45,7 @@ def _init(self, gen, total=None, display=True, leave=True, parent=None, master=N
     """ConsoleProgressBar.__init__ without its probe print of the fill character."""
     import fastprogress.fastprogress as fp
 
-    from ..compat import init_console_bar_quietly
+    from ..models.compat import init_console_bar_quietly
     if not fp.NO_BAR:
         return _ORIGINAL["init"](self, gen, total, display, leave, parent, master, txt_len)
     self._next_pct = STEP_PCT

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .. import compat
+from ..models import compat
 from ..config import budget_seconds
 from ..errors import UsageError
 

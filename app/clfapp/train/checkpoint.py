@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import compat
+from ..models import compat
 from ..errors import UsageError
 
 FILE = "checkpoint.safetensors"

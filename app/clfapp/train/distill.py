@@ -67,7 +67,7 @@ from torch import nn
 from ..infer import bundle, members as model_members, model_io
 from ..errors import UsageError
 from ..config import INFER_BS
-from ..pickles import refuse_pickle
+from ..models.pickles import refuse_pickle
 
 
 # --- the teacher -----------------------------------------------------------------------------
@@ -311,7 +311,7 @@ class TeacherSignal(Callback):
 
     def _cached(self) -> torch.Tensor:
         dl = self.learn.dl
-        from ..compat import loader_order
+        from ..models.compat import loader_order
         order = loader_order(dl)
         n = len(self.learn.pred)
         pos = order[self.learn.iter * dl.bs: self.learn.iter * dl.bs + n]

@@ -220,7 +220,7 @@ def detach(learn) -> None:
     into, and the bundle saved from, the plain module."""
     if not active():   # attach added nothing
         return
-    from ..compat import distributed_trainer_base
+    from ..models.compat import distributed_trainer_base
     for cb in list(learn.cbs):
         if isinstance(cb, distributed_trainer_base()):
             cb.unwrap()
@@ -231,7 +231,7 @@ def _trainer():
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..compat import distributed_trainer_base
+    from ..models.compat import distributed_trainer_base
 
     class ClfappDistributedTrainer(distributed_trainer_base()):
         """fastai's, with loaders that also broadcast on gloo (compat), SyncBatchNorm only on

@@ -252,7 +252,7 @@ def starting_at(learn, epoch: int):
     if not epoch:
         yield
         return
-    from ..compat import fit_from_epoch
+    from ..models.compat import fit_from_epoch
     with fit_from_epoch(learn, epoch):
         yield
 

@@ -1,5 +1,5 @@
-"""Multi-label decisions: the thresholds in force for a model. Bottom layer, so that prediction,
-evaluation and the reports decide labels by the one rule without importing one another."""
+"""Multi-label decisions: the thresholds in force for a model. In models/ (below infer and report),
+so that prediction, evaluation and the reports decide labels by the one rule without importing one another."""
 from __future__ import annotations
 
 import numpy as np

@@ -42,8 +42,8 @@ Not here yet: models/optim.py's use of fastai's OptimWrapper (being replaced by 
 optimisers) and the ReduceLROnPlateau subclass in train/schedules.py, whose `wait` is the one
 test_tracker_wait checks.
 
-The bottom layer, beside config and errors: it imports nothing from clfapp, and fastai only
-inside functions (`clfapp --help` stays instant).
+In models/ (the layer below infer, report and train): it imports nothing from clfapp, and
+fastai only inside functions (`clfapp --help` stays instant).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def changed(attribute: str, feature: str) -> FastaiChanged:
     """The error for an internal that is gone or behaves otherwise: which one, in which
     release, and what in clfapp needs it."""
     return FastaiChanged(f"{_versions()}: {attribute} is gone or changed; clfapp's {feature} "
-                         f"needs it (see clfapp/compat.py; pyproject.toml lists the fastai "
+                         f"needs it (see clfapp/models/compat.py; pyproject.toml lists the fastai "
                          f"releases clfapp was tested on)")
 
 

@@ -1,11 +1,11 @@
 """Refusing pickled model files by name and content: loading one runs whatever code its author
-put in it (fastai's export.pkl, torch.save of a whole model, joblib). Bottom layer: the run
-folder helpers (clfapp/runs.py) and the bundle reader (infer/bundle.py) both refuse them."""
+put in it (fastai's export.pkl, torch.save of a whole model, joblib). The run-folder
+helpers (models/runs.py) and the bundle reader (infer/bundle.py) both refuse them."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pth", ".pt", ".ckpt", ".bin", ".joblib", ".dill"}
 WHY_NO_PICKLE = ("clfapp never loads pickled models: opening one runs any code its author put "

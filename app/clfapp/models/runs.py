@@ -1,12 +1,12 @@
 """Run folders: every command that produces something gets a fresh folder of its own; a run is
-found by path or by name under runs/, and the newest one by what it holds. Bottom layer: every
-command uses it, so it knows only the errors and how to refuse a pickle."""
+found by path or by name under runs/, and the newest one by what it holds. In models/, below every
+command that uses it: it knows only the errors and how to refuse a pickle."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 from .pickles import refuse_pickle
 
 RUNS_DIR = Path("runs")
