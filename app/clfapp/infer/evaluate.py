@@ -96,41 +96,39 @@ def _models(folders):
         yield from members.read(folder).members
 
 
+def _recorded(folders):
+    """(member, its splits.csv as path -> split) of every model in `folders` that recorded
+    one beside it (see _models); members without a record are left out."""
+    from pathlib import Path
+
+    from ..data import splits
+
+    for m in _models(folders):
+        record = Path(m.folder) / "splits.csv"
+        if record.is_file():
+            yield m, splits.recorded(record)
+
+
 def trained_on_valid(folders) -> list[tuple[str, set]]:
     """(name, its validation paths) of every model in `folders` (run, ensemble or bundle
     folders; an export's home) whose weights were trained on its own run's validation images
     (`fit --full`: model.json trained_on = "train+valid"). A folder holding no model, or a
     model with no recorded splits.csv beside it, adds nothing."""
-    from pathlib import Path
-
-    from ..data import splits
     from . import bundle
 
-    out = []
-    for m in _models(folders):
-        record = Path(m.folder) / "splits.csv"
-        if m.meta.trained_on == bundle.TRAIN_VALID and record.is_file():
-            rec = splits.recorded(record)
-            out.append((m.name, set(rec.index[rec == "valid"])))
-    return out
+    return [(m.name, set(rec.index[rec == "valid"])) for m, rec in _recorded(folders)
+            if m.meta.trained_on == bundle.TRAIN_VALID]
 
 
 def training_items(folder) -> set[str] | None:
     """The resolved paths of every item the weights of `folder`'s model(s) were trained on:
     the train rows of each member's splits.csv, and its valid rows too after `fit --full`
     (model.json trained_on). None when no member recorded a splits.csv (unknown)."""
-    from pathlib import Path
-
-    from ..data import splits
     from . import bundle
 
     seen, known = set(), False
-    for m in _models([folder]):
-        record = Path(m.folder) / "splits.csv"
-        if not record.is_file():
-            continue
+    for m, rec in _recorded([folder]):
         known = True
-        rec = splits.recorded(record)
         parts = ["train", "valid"] if m.meta.trained_on == bundle.TRAIN_VALID else ["train"]
         seen |= {_resolved(p) for p in rec.index[rec.isin(parts)]}
     return seen if known else None
