@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
-from .plots import confusion_matrix_png, pyplot
+from .plots import confusion_matrix_png, pyplot, save
 
 
 def curves_png(results_csv: Path, path: Path) -> None:
@@ -22,9 +21,7 @@ def curves_png(results_csv: Path, path: Path) -> None:
     for c in metric_cols:
         a2.plot(df["epoch"], df[c], label=c)
     a2.set_xlabel("epoch"), a2.legend(), a2.set_title("validation metrics")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def lr_find_png(lrs: list, losses: list, suggestions: dict, path: Path) -> None:
@@ -36,9 +33,7 @@ def lr_find_png(lrs: list, losses: list, suggestions: dict, path: Path) -> None:
     for (name, lr), color in zip(suggestions.items(), ("C1", "C2", "C3", "C4")):
         ax.axvline(lr, color=color, linestyle="--", label=f"{name} {lr:.1e}")
     ax.set_xscale("log"), ax.set_xlabel("learning rate"), ax.set_ylabel("loss"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def fmt(v) -> str:
@@ -110,9 +105,7 @@ def threshold_curve_png(curve: list, chosen: list[float], metric: str, path: Pat
     if len(set(chosen)) == 1:
         ax.axvline(chosen[0], color="C1", linestyle="--", label=f"chosen {chosen[0]:.2f}")
     ax.set_xlabel("threshold"), ax.set_ylabel(metric), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 MULTI_KEYS = ("n", "f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "accuracy_multi",

@@ -182,7 +182,7 @@ def compare(folders: list[Path], out: Path) -> Path:
     import pandas as pd
 
     from . import blocks, html
-    from .plots import pyplot
+    from .plots import pyplot, save
 
     if len(folders) < 2:
         raise UsageError("--compare needs at least two runs")
@@ -216,9 +216,7 @@ def compare(folders: list[Path], out: Path) -> Path:
                           (a_m, "validation metric", "epoch"), (a_lr, "learning rate", "step")):
         ax.set_title(title), ax.set_xlabel(xl), ax.legend(fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=90)
-    plt.close(fig)
+    save(fig, out / "curves.png", dpi=90)
 
     cols, rows = table_rows(runs)
     pd.DataFrame(rows, columns=cols).to_csv(out / "runs.csv", index=False)

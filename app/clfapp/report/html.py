@@ -32,9 +32,10 @@ import numpy as np
 
 from .blocks import (BR, bullets, data_uri, figure, from_markdown, grid, heading, image_file, note,
                      para, pre, section, table)
-from .plots import pyplot
+from .plots import pyplot, save
 
 FILE = "report.html"
+PAGE_DPI = 90   # the page's own figures: smaller than the run's plots (100), embedded in it
 TOP_LOSSES = 12
 GRADCAM_EACH = 4          # correct and wrong images explained
 THUMB = 128               # thumbnail side in pixels
@@ -184,13 +185,6 @@ def _grid_png(tiles: list[np.ndarray], path: Path, cols: int = 6, side: int = TH
     sheet.save(path)
 
 
-def _save(fig, path: Path) -> None:
-    plt = pyplot()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 # ---- sections ---------------------------------------------------------------------------
 
 def _summary(c) -> list[dict]:
@@ -292,7 +286,7 @@ def _schedule(c) -> list[dict]:
     for ax in axes:
         for s in starts:
             ax.axvline(s, color="#ccc", linewidth=0.8, zorder=0)
-    _save(fig, folder / "plots" / "schedule.png")
+    save(fig, folder / "plots" / "schedule.png", dpi=PAGE_DPI)
     c["md"] += ["![learning rate and momentum per step](plots/schedule.png)", ""]
     return [*image_file(folder / "plots" / "schedule.png", "learning rate and momentum per step"),
             para(f"{len(df)} training steps; grey lines mark the epochs.")]
@@ -370,7 +364,7 @@ def _normalised_png(norm: np.ndarray, classes: list[str], path: Path) -> None:
             for j in range(n):
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
-    _save(fig, path)
+    save(fig, path, dpi=PAGE_DPI)
 
 
 def _multilabel_confusion(c) -> list[dict]:
@@ -421,7 +415,7 @@ def _roc_pr(c) -> list[dict]:
     a2.set(xlabel="recall", ylabel="precision", title="precision-recall (AP)", ylim=(0, 1.02))
     if 0 < len(c["aucs"]) <= MAX_LEGEND:   # one legend: the PR curves share its colours
         a1.legend(fontsize=7, loc="lower right")
-    _save(fig, folder / "plots" / "roc_pr.png")
+    save(fig, folder / "plots" / "roc_pr.png", dpi=PAGE_DPI)
     c["md"] += ["![ROC and precision-recall curves](plots/roc_pr.png)", ""]
     what = "label" if ev.multi_label else "class (one against the rest)"
     body = [para(f"One curve per {what}, on {ev.described or 'the items measured'}; the "
@@ -623,7 +617,7 @@ def _thresholds(c) -> list[dict]:
         ax.set_ylim(0, 1.02)
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
-    _save(fig, folder / "plots" / "thresholds_per_label.png")
+    save(fig, folder / "plots" / "thresholds_per_label.png", dpi=PAGE_DPI)
     c["md"] += ["![F1 of each label against its threshold](plots/thresholds_per_label.png)", ""]
     return [*body, heading(3, "Each label's F1 against its threshold"),
             para("Dashed: the threshold in use; dotted: 0.5."),
@@ -651,7 +645,7 @@ def write_comparison(folder: Path, comparison, described: str, settings: dict) -
     for ax, k in zip(axes[0], panels):
         ax.barh(comparison["model"], comparison[k], color="C0" if k in quality else "C2")
         ax.set_title(k, fontsize=10), ax.invert_yaxis()
-    _save(fig, folder / "plots" / "comparison.png")
+    save(fig, folder / "plots" / "comparison.png", dpi=PAGE_DPI)
     said = para(f"Quality on the {described}. Speed: CPU, {settings.get('threads')} thread(s), "
                 f"{settings.get('precision')}, median of {settings.get('repeats')} runs after "
                 f"warm-up, on {settings.get('timed_on')}.")

@@ -15,6 +15,14 @@ def pyplot():
     return plt
 
 
+def save(fig, path: Path, dpi: int = 100) -> None:
+    """Lay the figure out tightly, write it as a PNG and free it (pyplot keeps every open
+    figure otherwise)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path) -> None:
     plt = pyplot()
     cm = np.asarray(cm)
@@ -30,6 +38,4 @@ def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path) ->
             for j in range(n):
                 ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
