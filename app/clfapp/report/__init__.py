@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from .plots import confusion_matrix_png, pyplot, save
 
 
