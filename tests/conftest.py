@@ -171,3 +171,13 @@ def copy_files(files, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for f in files:
         shutil.copy(f, target / Path(f).name)
+
+
+def as_older_model_json(raw: dict, fmt: int = 3) -> dict:
+    """A model.json (format 4) rewritten as clfapp wrote it before the inference spec
+    (formats 1-3): the spec's facts at top level, test_size 0 when it is the training size."""
+    inf = raw.pop("inference")
+    raw.update(resize=inf["resize"], tta_flips=inf["tta_flips"], tta=inf["tta"],
+               test_size=0 if inf["size"] == raw["size"] else inf["size"],
+               thresholds=inf["thresholds"], trained_on=inf["trained_on"], format=fmt)
+    return raw

@@ -13,6 +13,7 @@ from clfapp.infer import bundle
 from clfapp import config, models, train
 from clfapp.errors import UsageError
 from clfapp.infer.predict import Predictor
+from clfapp.infer.spec import InferenceSpec
 
 from conftest import make_folder_dataset, write_recipe
 
@@ -20,7 +21,8 @@ from conftest import make_folder_dataset, write_recipe
 def _meta_for(cfg, prep) -> bundle.BundleMeta:
     return bundle.BundleMeta(
         arch=cfg.model.arch, classes=list(prep.dataset.classes), size=cfg.data.size,
-        resize=cfg.data.resize, mean=list(prep.arch.mean), std=list(prep.arch.std),
+        mean=list(prep.arch.mean), std=list(prep.arch.std),
+        inference=InferenceSpec(resize=cfg.data.resize),
         dropout=cfg.model.dropout, concat_pool=cfg.model.concat_pool)
 
 
@@ -75,7 +77,7 @@ def test_torchvision_arch_round_trip(tmp_path):
         for _ in range(3):
             model(torch.randn(4, 3, 32, 32) * 2 + 1)
     meta = bundle.BundleMeta(arch="mobilenet_v3_small", classes=list("abcd"), size=32,
-                             resize="squish", mean=list(arch.mean), std=list(arch.std),
+                             mean=list(arch.mean), std=list(arch.std),
                              dropout=0.3, concat_pool=True)
     bundle.save(tmp_path / "model", model, meta)
     loaded, meta2 = bundle.load(tmp_path)
@@ -149,7 +151,7 @@ def test_damaged_model_json_is_a_usage_error(trained_run, tmp_path):
 
 def test_save_replaces_a_bundle_whole(tmp_path):
     arch = models.resolve("test_resnet")
-    meta = bundle.BundleMeta(arch="test_resnet", classes=["a", "b"], size=16, resize="squish",
+    meta = bundle.BundleMeta(arch="test_resnet", classes=["a", "b"], size=16,
                              mean=list(arch.mean), std=list(arch.std))
     m1, _ = models.build(arch, 2)
     m2, _ = models.build(arch, 2)

@@ -164,7 +164,7 @@ def test_the_student_starts_from_its_archs_defaults_not_the_teachers_recipe(cli,
     tables["aug"].update(max_rotate=33.0, flip_vert=True)
     (odd / "config.toml").write_text(config.dumps(config.build(tables)))
     meta = json.loads((odd / "model" / "model.json").read_text())
-    meta["test_size"] = 40                       # the size the teacher is shipped at
+    meta["inference"]["size"] = 40                       # the size the teacher is shipped at
     (odd / "model" / "model.json").write_text(json.dumps(meta))
 
     result = cli("distill", odd, "--arch", "test_resnet", "--no-pretrained", "--epochs", "1",

@@ -177,7 +177,7 @@ def test_soft_ensemble_predicts_the_weighted_mean_of_its_members(cli, here):
     meta = json.loads((folder / "ensemble.json").read_text())
     assert meta["kind"] == "ensemble" and meta["vote"] == "soft"
     assert meta["members"] == ["a", "b"] and meta["weights"] == pytest.approx([2 / 3, 1 / 3])
-    assert meta["thresholds"] is None and meta["multi_label"] is False
+    assert meta["inference"]["thresholds"] is None and meta["multi_label"] is False
     for name in ("a", "b"):
         assert (folder / "members" / name / "model" / "weights.safetensors").is_file()
         assert (folder / "members" / name / "splits.csv").is_file()
@@ -284,9 +284,9 @@ def test_multilabel_ensemble_searches_its_thresholds_and_predict_uses_them(cli, 
     assert "thresholds" in r.output
     folder = multi / "runs" / "mm"
     meta = json.loads((folder / "ensemble.json").read_text())
-    assert meta["multi_label"] is True and len(meta["thresholds"]) == 3
+    assert meta["multi_label"] is True and len(meta["inference"]["thresholds"]) == 3
     m = json.loads((folder / "metrics.json").read_text())
-    assert m["thresholds"] == meta["thresholds"]
+    assert m["thresholds"] == meta["inference"]["thresholds"]
     assert m["f1_macro"] >= m["at_0_5"]["f1_macro"]          # metric from m1's config.toml
     assert set(m["members"]) == {"m1", "m2"}
     assert "Threshold search" in (folder / "report.md").read_text()
@@ -300,16 +300,16 @@ def test_multilabel_ensemble_searches_its_thresholds_and_predict_uses_them(cli, 
                   for row in probs]
         return df, expect
 
-    df, expect = predicted(meta["thresholds"])
+    df, expect = predicted(meta["inference"]["thresholds"])
     assert list(df["labels"]) == expect
     # other thresholds in ensemble.json change predict's label sets accordingly
-    meta["thresholds"] = [0.0, 1.01, 0.5]
+    meta["inference"]["thresholds"] = [0.0, 1.01, 0.5]
     (folder / "ensemble.json").write_text(json.dumps(meta))
-    df, expect = predicted(meta["thresholds"])
+    df, expect = predicted(meta["inference"]["thresholds"])
     assert list(df["labels"]) == expect
     assert all("green" not in s.split() and "blue" in s.split() for s in df["labels"])
     # `clfapp thresholds` searches again and stores them in ensemble.json
     r = cli("thresholds", folder, "--metric", "f1_micro")
     assert r.exit_code == 0, r.output
     again = json.loads((folder / "ensemble.json").read_text())
-    assert again["thresholds"] != [0.0, 1.01, 0.5] and len(set(again["thresholds"])) == 1
+    assert again["inference"]["thresholds"] != [0.0, 1.01, 0.5] and len(set(again["inference"]["thresholds"])) == 1

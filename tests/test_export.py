@@ -53,7 +53,7 @@ def test_export_writes_onnx_with_metadata_and_passes_parity_on_validation_images
     info = json.loads((folder / "onnx.json").read_text())
     meta = json.loads((run / "model" / "model.json").read_text())
     assert info["classes"] == meta["classes"] == sorted(COLOURS)
-    assert info["size"] == meta["size"] and info["resize"] == meta["resize"]
+    assert info["size"] == meta["size"] and info["resize"] == meta["inference"]["resize"]
     assert info["mean"] == meta["mean"] and info["std"] == meta["std"]
     assert info["multi_label"] is False and info["opset"] == 17
     assert info["inputs"][0]["name"] == "image" and info["output"]["activation"] == "softmax"
@@ -266,7 +266,7 @@ def test_the_export_ships_its_preprocessing_and_it_gives_clfapps_probabilities(e
     import ast
 
     from clfapp.infer.onnx_predict import OnnxPredictor
-    from clfapp.infer.predict import Predictor, tta_default
+    from clfapp.infer.predict import Predictor
     _, run, folder = exported
     info = json.loads((folder / "onnx.json").read_text())
     pre = info["preprocessing"]
@@ -297,7 +297,7 @@ def test_the_export_ships_its_preprocessing_and_it_gives_clfapps_probabilities(e
     got = session.run(None, feed)[0]
 
     predictor = Predictor(run)                          # what `clfapp predict RUN` gives
-    want, kept = predictor.probabilities(paths, tta=tta_default(predictor, None))
+    want, kept = predictor.probabilities(paths)       # as its spec says
     assert list(kept) == list(range(len(paths)))
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
     by_onnx, _ = OnnxPredictor(folder).probabilities(paths)   # `clfapp predict --backend onnx`
@@ -362,15 +362,15 @@ def test_multilabel_export_keeps_thresholds_and_label_sets(tmp_path, cli):
                           train={"epochs": 2})
     run = _fit(tmp_path, recipe, "ml")
     meta = json.loads((run / "model" / "model.json").read_text())
-    assert meta["multi_label"] and meta["thresholds"]
+    assert meta["multi_label"] and meta["inference"]["thresholds"]
     r = _export(run)
     assert r.exit_code == 0, r.output
     info = json.loads((run / "export-1" / "onnx.json").read_text())
     assert info["multi_label"] is True and info["output"]["activation"] == "sigmoid"
     assert any(s.startswith("activation: sigmoid") for s in info["preprocessing"]["inside_graph"])
-    assert info["thresholds"] == meta["thresholds"] and info["parity"]["max_abs_diff"] < TOL
+    assert info["thresholds"] == meta["inference"]["thresholds"] and info["parity"]["max_abs_diff"] < TOL
     props = {p.key: p.value for p in onnx.load(str(run / "export-1" / "model.onnx")).metadata_props}
-    assert json.loads(props["thresholds"]) == meta["thresholds"]
+    assert json.loads(props["thresholds"]) == meta["inference"]["thresholds"]
     r1 = cli("predict", run, data, "--out", tmp_path / "t.csv")
     r2 = cli("predict", run, data, "--out", tmp_path / "o.csv", "--backend", "onnx")
     assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output

@@ -159,7 +159,7 @@ def test_keep_best_skips_an_epoch_whose_loss_is_nan():
 # --- the bundle -----------------------------------------------------------------------------
 
 def _meta(arch):
-    return bundle.BundleMeta(arch="test_resnet", classes=["a", "b"], size=16, resize="squish",
+    return bundle.BundleMeta(arch="test_resnet", classes=["a", "b"], size=16,
                              mean=list(arch.mean), std=list(arch.std))
 
 

@@ -72,7 +72,7 @@ def test_run_folder_contents(run):
     arch = models.resolve(TINY_ARCH)
     assert meta["arch"] == TINY_ARCH
     assert meta["classes"] == sorted(COLOURS)
-    assert meta["size"] == 32 and meta["resize"] == "squish"
+    assert meta["size"] == 32 and meta["inference"]["resize"] == "squish"
     assert meta["mean"] == pytest.approx(list(arch.mean)) and meta["std"] == pytest.approx(list(arch.std))
     assert {"torch", "timm", "fastai", "clfapp"} <= set(meta["versions"])
     import torch

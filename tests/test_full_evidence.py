@@ -10,7 +10,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import assert_usage_error, make_folder_dataset, make_stripes_multilabel, write_recipe
+from conftest import (as_older_model_json, assert_usage_error, make_folder_dataset,
+                      make_stripes_multilabel, write_recipe)
 
 from clfapp.infer import bundle
 
@@ -46,21 +47,21 @@ def _split(run, name):
 
 def test_full_bundle_says_it_trained_on_train_and_valid(work):
     runs = work / "runs"
-    assert json.loads((runs / "full" / "model" / "model.json").read_text())["trained_on"] == "train+valid"
-    assert json.loads((runs / "full" / "model-valid" / "model.json").read_text())["trained_on"] == "train"
-    assert json.loads((runs / "plain" / "model" / "model.json").read_text())["trained_on"] == "train"
-    assert bundle.read_meta(runs / "mfull").trained_on == "train+valid"
+    assert json.loads((runs / "full" / "model" / "model.json").read_text())["inference"]["trained_on"] == "train+valid"
+    assert json.loads((runs / "full" / "model-valid" / "model.json").read_text())["inference"]["trained_on"] == "train"
+    assert json.loads((runs / "plain" / "model" / "model.json").read_text())["inference"]["trained_on"] == "train"
+    assert bundle.read_meta(runs / "mfull").inference.trained_on == "train+valid"
 
 
 def test_a_bundle_without_trained_on_reads_as_train_and_a_bad_value_is_refused(work, tmp_path):
     from clfapp.errors import UsageError
     old = tmp_path / "old"
     shutil.copytree(work / "runs" / "plain" / "model", old)
-    raw = json.loads((old / "model.json").read_text())
+    raw = as_older_model_json(json.loads((old / "model.json").read_text()), 2)
     del raw["trained_on"]
-    raw["format"] = 2
     (old / "model.json").write_text(json.dumps(raw))
-    assert bundle.read_meta(old).trained_on == "train"
+    assert bundle.read_meta(old).inference.trained_on == "train"
+    assert bundle.read_meta(old).inference.inferred
     (old / "model.json").write_text(json.dumps(dict(raw, trained_on="everything")))
     with pytest.raises(UsageError, match="trained_on"):
         bundle.read_meta(old)

@@ -135,7 +135,7 @@ def test_multilabel_epoch_metrics_equal_evaluate_and_the_search_with_empty_label
 def _multilabel_bundle(folder: Path, classes: list[str]) -> Path:
     model, _ = models.build(models.resolve(TINY_ARCH), len(classes), 0.0, True)
     arch = models.resolve(TINY_ARCH)
-    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=classes, size=16, resize="squish",
+    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=classes, size=16,
                              mean=list(arch.mean), std=list(arch.std), dropout=0.0,
                              multi_label=True)
     bundle.save(folder / "model", model, meta)

@@ -197,10 +197,10 @@ def multi_run(tmp_path_factory, mosaics):
 
 def test_fit_tunes_thresholds_into_the_bundle_and_reports_before_and_after(multi_run):
     meta = json.loads((multi_run / "model" / "model.json").read_text())
-    assert meta["multi_label"] is True and len(meta["thresholds"]) == 10
+    assert meta["multi_label"] is True and len(meta["inference"]["thresholds"]) == 10
     m = json.loads((multi_run / "metrics.json").read_text())
     assert m["f1_micro"] >= m["at_0_5"]["f1_micro"]
-    assert m["thresholds"] == meta["thresholds"]
+    assert m["thresholds"] == meta["inference"]["thresholds"]
     for key in ("f1_macro", "f1_samples", "subset_accuracy", "accuracy_multi", "map", "roc_auc_macro"):
         assert key in m and key in m["at_0_5"]
     report = (multi_run / "report.md").read_text()

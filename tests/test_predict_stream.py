@@ -188,12 +188,12 @@ def test_resume_refuses_rows_other_thresholds_wrote(cli, setup):
 
     run, imgs = setup
     meta = bundle.read_meta(run)
-    meta.multi_label, meta.thresholds = True, [0.5] * len(meta.classes)
+    meta.multi_label, meta.inference.thresholds = True, [0.5] * len(meta.classes)
     bundle.write_meta(run, meta)   # the same net read as multi-label (sigmoid per class)
     assert cli("predict", run, imgs, "--out", "p.csv").exit_code == 0
     assert_usage_error(cli("predict", run, imgs, "--out", "p.csv", "--threshold", "0.3", "--resume"),
                        "--resume", "thresholds [0.5, 0.5, 0.5] (now [0.3, 0.3, 0.3])")
-    meta.thresholds = [0.4] * len(meta.classes)
+    meta.inference.thresholds = [0.4] * len(meta.classes)
     bundle.write_meta(run, meta)
     assert_usage_error(cli("predict", run, imgs, "--out", "p.csv", "--resume"),
                        "thresholds [0.5, 0.5, 0.5] (now [0.4, 0.4, 0.4])")

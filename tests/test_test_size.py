@@ -75,11 +75,17 @@ def test_resolved_takes_the_larger_size_when_the_net_does():
     assert test_size.resolved(Config(data=DataConfig(size=128)), net)[0] == 128
 
 
-def test_a_bundle_without_test_size_predicts_at_its_training_size():
-    meta = bundle.BundleMeta(arch="a", classes=["x"], size=64, resize="squish", mean=[0] * 3, std=[1] * 3)
-    assert meta.input_size == 64
-    meta.test_size = 96
-    assert meta.input_size == 96
+def test_a_bundle_without_test_size_predicts_at_its_training_size(tmp_path):
+    """model.json of format 1 has no test_size: its spec's size is the training size; a
+    format-2 test_size is its inference size."""
+    raw = {"arch": "a", "classes": ["x"], "size": 64, "resize": "squish", "mean": [0] * 3,
+           "std": [1] * 3}
+    (tmp_path / bundle.WEIGHTS).write_bytes(b"")
+    (tmp_path / bundle.META).write_text(json.dumps(raw))
+    meta = bundle.read_meta(tmp_path)
+    assert meta.input_size == 64 and meta.inference.inferred
+    (tmp_path / bundle.META).write_text(json.dumps(dict(raw, test_size=96, format=2)))
+    assert bundle.read_meta(tmp_path).input_size == 96
 
 
 def test_fit_records_and_uses_the_test_size(tmp_path, tiny_data, cli, monkeypatch):
@@ -98,7 +104,7 @@ def test_fit_records_and_uses_the_test_size(tmp_path, tiny_data, cli, monkeypatc
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "ts"
     meta = json.loads((run / "model" / "model.json").read_text())
-    assert (meta["size"], meta["test_size"], meta["format"]) == (32, 48, bundle.FORMAT)
+    assert (meta["size"], meta["inference"]["size"], meta["format"]) == (32, 48, bundle.FORMAT)
     assert "test_size = 48" in (run / "config.toml").read_text()
     assert 48 in decoded_sizes          # the end of fit measured at the test size
     assert "measured at 48 px" in (run / "report.md").read_text()
@@ -134,5 +140,5 @@ def test_an_automatic_test_size_lands_in_model_json_and_config_keeps_the_rule(tm
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "auto"
     assert "test size 96 px" in result.output    # 64 x 1.62, the nearest multiple of 32
-    assert json.loads((run / "model" / "model.json").read_text())["test_size"] == 96
+    assert json.loads((run / "model" / "model.json").read_text())["inference"]["size"] == 96
     assert "test_size = 0" in (run / "config.toml").read_text()

@@ -17,7 +17,9 @@ from clfapp import models
 from clfapp.config import AugConfig
 from clfapp.infer.predict import Predictor, tta_flips_for
 
-from conftest import COLOURS, TINY_ARCH, make_folder_dataset
+from conftest import COLOURS, TINY_ARCH, as_older_model_json, make_folder_dataset
+from clfapp.infer import spec
+from clfapp.infer.spec import InferenceSpec
 
 SIZE = 24
 
@@ -31,9 +33,9 @@ def _bundle(folder: Path, tta_flips) -> Path:
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(4, 3, SIZE, SIZE))
-    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=SIZE, resize="squish",
+    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=SIZE,
                              mean=list(arch.mean), std=list(arch.std), dropout=0.0,
-                             tta_flips=tta_flips)
+                             inference=InferenceSpec(tta_flips=spec.checked_flips(tta_flips)))
     bundle.save(folder / "model", model.eval(), meta)
     return folder
 
@@ -74,12 +76,12 @@ def test_flips_follow_the_training_augmentation():
 
 def test_fit_records_the_flips_it_trained_with(trained_run):
     _, run = trained_run   # default augmentation: horizontal flips
-    assert json.loads((run / "model" / "model.json").read_text())["tta_flips"] == ["horizontal"]
+    assert json.loads((run / "model" / "model.json").read_text())["inference"]["tta_flips"] == ["horizontal"]
 
 
 def test_bundle_from_before_tta_flips_keeps_the_horizontal_flip(tmp_path):
     run = _bundle(tmp_path / "run", ["vertical"])
-    raw = json.loads((run / "model" / "model.json").read_text())
+    raw = as_older_model_json(json.loads((run / "model" / "model.json").read_text()), 1)
     del raw["tta_flips"]
     (run / "model" / "model.json").write_text(json.dumps(raw))
     assert Predictor(run).tta_flips == ["horizontal"]
@@ -137,7 +139,7 @@ def test_tta_averages_over_exactly_the_trained_mirrors(tmp_path, counted, flips,
 def _bundle_with_default(folder: Path, tta: bool) -> Path:
     _bundle(folder, ["horizontal"])
     meta = json.loads((folder / "model" / "model.json").read_text())
-    meta["tta"] = tta
+    meta["inference"]["tta"] = tta
     (folder / "model" / "model.json").write_text(json.dumps(meta))
     return folder
 
@@ -162,7 +164,7 @@ def test_fit_with_aug_tta_measures_and_records_tta(cli, tmp_path, monkeypatch, t
     r = cli("fit", str(recipe), "--name", "t")
     assert r.exit_code == 0, r.output
     meta = json.loads(Path("runs/t/model/model.json").read_text())
-    assert meta["tta"] is True and meta["tta_flips"] == ["horizontal"]
+    assert meta["inference"]["tta"] is True and meta["inference"]["tta_flips"] == ["horizontal"]
     fitted = json.loads(Path("runs/t/metrics.json").read_text())
     assert "TTA" in Path("runs/t/report.md").read_text()
     r = cli("evaluate", "runs/t")

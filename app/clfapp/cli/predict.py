@@ -36,7 +36,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     OUT.meta.json says which model, TTA, input size and thresholds wrote the rows; `--resume`
     under any other is refused, naming what differs.
     """
-    from ..infer import loader, stream
+    from ..infer import loader, spec, stream
     from ..infer import predict as pr
     from ..models import runs
 
@@ -66,13 +66,15 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
         checks.new_folder(folder)   # RUN/predict-N
     files = pr.collect_paths(paths)
     predictor = loader.load(folder, backend)
-    tta = pr.tta_default(predictor, tta)
+    departures = spec.departures(predictor, tta, threshold)   # told to run it otherwise
+    tta = spec.tta_in_force(predictor, tta)
     # a folder this command makes is removed again when it ends with nothing predicted
     made_folder = (out is None and not resume) or (out is not None and not out.parent.exists())
     if out is None:
         out = (_resumable(folder) if resume else None) or runs.new_folder(folder, "predict") / f"predictions.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
+        _say(departures)
         try:
             _write_json(predictor, files, out, tta, bs, workers, top_k, threshold)
         except common.UsageError:
@@ -82,6 +84,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     sink = stream.CsvSink(out, stream.header(predictor.meta, top_k), resume,
                           stream.record(predictor, folder, bool(tta), threshold))
     todo = [f for f in files if f not in sink.done]
+    _say(departures)
     if resume:
         common.echo(f"resuming {out}: {len(sink.done)} rows kept, {len(todo)} of {len(files)} "
                     "files left")
@@ -102,6 +105,12 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     sink.finish()
     common.echo(f"{sink.rows} predictions written to {out} ({n.seconds:.1f} s, "
                 f"{n.rate:.0f} images/s for {n.images} images)")
+
+
+def _say(departures: list[str]) -> None:
+    """The lines saying this command runs the model other than its spec does (stderr)."""
+    for line in departures:
+        typer.echo(line, err=True)
 
 
 def _remove_if_empty(folder: Path, made: bool) -> None:

@@ -25,6 +25,7 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
     from ..infer import loader
     from .. import report
     from ..models import runs
+    from ..infer import spec
     from ..infer import thresholds as th
 
     if metric not in th.METRICS:
@@ -43,12 +44,14 @@ def thresholds(run: Annotated[str, typer.Argument(help="Run folder of a multi-la
         raise common.UsageError(f"{folder} is a hard-vote ensemble: a label is on when a weighted "
                                 "majority of its members says so, there are no thresholds to tune")
     items, source = ev.labelled_items(folder, data, labels, predictor.meta.label_delim, tune=True)
-    _, probs, y = ev.measure(predictor, items, bs=bs)
-    tuned = th.tune(folder, probs, y, metric, mode)
+    _, probs, y = ev.measure(predictor, items, bs=bs)   # run as shipped: its spec's size and TTA
+    tuned = th.tune(folder, probs, y, metric, mode, predictor, on=source)
     out = runs.new_folder(folder, "thresholds")
     report.write_multilabel_metrics(out, tuned.after, f"Thresholds of {folder.name}",
                                     before=tuned.before, search=tuned.search,
-                                    extra=[f"Tuned on {source}: {mode}, {metric}.", ""])
+                                    extra=[f"Tuned on {source}: {mode}, {metric}, on the "
+                                           f"probabilities of the model as shipped "
+                                           f"({spec.describe_conditions(spec.conditions(predictor))}).", ""])
     shown = (f"{tuned.search.thresholds[0]:.2f}" if mode == "global"
              else ", ".join(f"{c}={t:.2f}" for c, t in zip(predictor.classes, tuned.search.thresholds)))
     common.echo(f"{metric}: {tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f} "

@@ -1,8 +1,8 @@
 """The model bundle: `weights.safetensors` + `model.json`. Opening one never runs code.
 
-model.json says everything needed to rebuild the model and feed it: arch, head options,
-classes, input size and resize method, normalisation, thresholds (multi-label) and the library
-versions it was made with.
+model.json says everything needed to rebuild the model and run it: arch, head options,
+classes, training size, normalisation, the inference spec (infer/spec.py: input size and
+resize, TTA, precision, thresholds and provenance) and the library versions it was made with.
 """
 from __future__ import annotations
 
@@ -15,24 +15,31 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models.pickles import WHY_NO_PICKLE, is_pickle, refuse_pickle
+from . import spec as spec_mod
 
-FORMAT = 3
+FORMAT = 4
 """2: model.json may hold test_size, which format-1 readers would ignore and predict wrong.
 3: model.json says which items trained the model (trained_on): a format-2 reader would take a
-`fit --full` model's validation split for evidence."""
+`fit --full` model's validation split for evidence.
+4: how the model is run lives in one `inference` object (infer/spec.py); bundles of formats
+1-3 are read with the spec their fields always meant, marked inferred."""
 WEIGHTS, META = "weights.safetensors", "model.json"
-TRAIN, TRAIN_VALID = "train", "train+valid"
-TRAINED_ON = (TRAIN, TRAIN_VALID)
+TRAIN, TRAIN_VALID, TRAINED_ON = spec_mod.TRAIN, spec_mod.TRAIN_VALID, spec_mod.TRAINED_ON
+LEGACY_KEYS = ("resize", "tta_flips", "tta", "test_size", "thresholds", "trained_on")
+"""model.json keys of formats 1-3 that the inference spec holds now."""
 
 
 @dataclass
 class BundleMeta:
+    """model.json: how to rebuild the model (arch, head, classes, training size, normalisation)
+    and how to run it (`inference`, the spec every command follows)."""
     arch: str
     classes: list[str]
     size: int
-    resize: str
+    """The size the model was trained at (its inference size is inference.size)."""
     mean: list[float]
     std: list[float]
+    inference: spec_mod.InferenceSpec = field(default_factory=spec_mod.InferenceSpec)
     dropout: float = 0.5
     concat_pool: bool = True
     head_hidden: str = ""
@@ -40,31 +47,48 @@ class BundleMeta:
     cut_blocks: int = 0
     """model.cut_blocks: how many of the body's last blocks were cut off (0 = none)."""
     multi_label: bool = False
-    thresholds: list[float] | None = None
     label_delim: str = " "
     interpolation: str = "bicubic"
     pretrained_from: str = ""
-    tta_flips: list[str] | None = None
-    """Mirrors test-time augmentation may average over ("horizontal", "vertical"): those the
-    model was trained with. [] = trained without flips (TTA is a no-op). None = a bundle from
-    before this field: TTA keeps its old behaviour, a horizontal flip."""
-    tta: bool = False
-    """Whether predict and evaluate use TTA when neither --tta nor --no-tta is given (aug.tta)."""
-    test_size: int = 0
-    """The size images are resized to for prediction (data.test_size, FixRes); 0 = `size`
-    (also every bundle from before the field)."""
-    trained_on: str = TRAIN
-    """Which items of the run's splits.csv trained the weights: "train", or "train+valid" after
-    `fit --full` (its validation images are then no evidence). Bundles from before the field
-    were all trained on "train"."""
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT
 
+    def __post_init__(self):
+        if not self.inference.size:
+            self.inference.size = self.size
+        if not self.inference.resize:
+            self.inference.resize = "squish"
+        if not self.inference.tta_flips:
+            self.inference.tta = False   # no mirror to average with: TTA is the image alone
+
     @property
     def input_size(self) -> int:
-        """The size predict and evaluate resize images to: test_size, else the training size."""
-        return self.test_size or self.size
+        """The size predict and evaluate resize images to (inference.size)."""
+        return self.inference.size
+
+    @property
+    def resize(self) -> str:
+        """How images are brought to that size (inference.resize)."""
+        return self.inference.resize
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """The multi-label decision thresholds (inference.thresholds; None = 0.5)."""
+        return self.inference.thresholds
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def _legacy_spec(raw: dict, where: str) -> spec_mod.InferenceSpec:
+    """The spec a model.json of format 1-3 always meant (its keys are taken out of `raw`)."""
+    old = {k: raw.pop(k) for k in LEGACY_KEYS if k in raw}
+    return spec_mod.InferenceSpec.from_dict(dict(
+        size=int(old.get("test_size") or raw.get("size") or 0), resize=old.get("resize", "squish"),
+        tta=bool(old.get("tta", False)), tta_flips=old.get("tta_flips"),
+        thresholds=old.get("thresholds"), trained_on=old.get("trained_on", TRAIN),
+        chosen_by="inferred", inferred=True), where)
 
 
 def library_versions() -> dict:
@@ -90,7 +114,7 @@ def save(folder: Path, model, meta: BundleMeta) -> Path:
     meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         save_model(model, str(tmp / WEIGHTS))
-        (tmp / META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+        (tmp / META).write_text(meta.to_json())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written bundle behind
         raise
@@ -148,13 +172,18 @@ def read_meta(path: Path) -> BundleMeta:
     if version > FORMAT:
         raise UsageError(f"{folder} was written by a newer clfapp (bundle format {version}; this "
                          f"clfapp reads up to {FORMAT}); upgrade clfapp")
+    where = str(folder / META)
+    if "inference" in raw:
+        inference = spec_mod.InferenceSpec.from_dict(raw.pop("inference"), where)
+        stale = [k for k in LEGACY_KEYS if k in raw]
+        if stale:
+            raise UsageError(f"{where}: {', '.join(stale)} belong in its inference object")
+    else:
+        inference = _legacy_spec(raw, where)
     try:
-        meta = BundleMeta(**raw)
+        meta = BundleMeta(**raw, inference=inference)
     except TypeError as e:
-        raise UsageError(f"{folder / META} is not a valid clfapp model description: {e}")
-    if meta.trained_on not in TRAINED_ON:
-        raise UsageError(f"{folder / META}: trained_on must be one of {', '.join(TRAINED_ON)}, "
-                         f"got {meta.trained_on!r}")
+        raise UsageError(f"{where} is not a valid clfapp model description: {e}")
     return meta
 
 
@@ -185,5 +214,5 @@ def write_meta(path: Path, meta: BundleMeta) -> None:
     """Update model.json in place (atomically), e.g. after a threshold search."""
     target = find(path) / META
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    tmp.write_text(meta.to_json())
     os.replace(tmp, target)

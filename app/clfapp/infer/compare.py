@@ -9,6 +9,9 @@ decoded images:
 * latency per image at batch 1: the median over `repeats` single-image calls after warm-up;
 * throughput at batch 32: images per second, from the median of `repeats // 4 + 1` calls.
 
+Each model is measured and timed as its inference spec says it runs (input size, TTA views,
+precision; the `run_as` column), so the figures and the speed are those of the model shipped.
+
 Timing covers the model (normalisation, forward pass, softmax/sigmoid, the vote of an
 ensemble), not JPEG decoding: decoding is the same work for every model and would hide the
 difference being measured. The thread count and precision are part of the table.
@@ -117,6 +120,7 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
     import pandas as pd
     import torch
 
+    from . import spec
     from .decoding import decode_per_input
     from .evaluate import labelled_items, overlap, overlap_warning
 
@@ -158,6 +162,7 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
         print(f"measuring {m.name} ...", flush=True)
         o = overlaps[m.name]
         rows.append({"model": m.name + (" *" if o and o["n"] else ""), "kind": m.kind,
+                     "run_as": spec.describe_conditions(spec.conditions(m.predictor)),
                      **quality(m, items), "overlap": None if o is None else o["n"],
                      "parameters_m": m.parameters / 1e6, "size_mb": m.disk_bytes / 1e6,
                      **speed(m, pixels, repeats)})

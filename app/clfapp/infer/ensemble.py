@@ -49,7 +49,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..config import INFER_BS
-from . import members as model_members
+from . import members as model_members, spec
 from .decoding import Input, decode_per_input, distinct, gathered, input_of
 from .ensemble_meta import MEMBERS, VOTES, EnsembleMeta, write_meta
 
@@ -131,6 +131,12 @@ class EnsemblePredictor:
         self.members = [Predictor(m.folder) for m in read.members]
 
     @property
+    def spec(self):
+        """How the ensemble is run (ensemble.json `inference`): TTA for every member or none
+        (each over its own mirrors, at its own size), and the ensemble's thresholds."""
+        return self.meta.inference
+
+    @property
     def classes(self) -> list[str]:
         return self.meta.classes
 
@@ -147,8 +153,10 @@ class EnsemblePredictor:
                              [decision_thresholds(m.meta) for m in self.members])
         return soft_vote(member_probs, self.weights)
 
-    def each_member_on(self, pixels: dict, tta: bool = False, bs: int = INFER_BS) -> list[np.ndarray]:
-        """Each member's probabilities for decoded images given per input, on its own pixels."""
+    def each_member_on(self, pixels: dict, tta: bool | None = None, bs: int = INFER_BS) -> list[np.ndarray]:
+        """Each member's probabilities for decoded images given per input, on its own pixels;
+        `tta` None: as the ensemble's spec says."""
+        tta = self.spec.tta if tta is None else tta
         return [m.probabilities_of(pixels[input_of(m.meta)], tta, bs) for m in self.members]
 
     def probabilities_by_input(self, pixels: dict, bs: int = INFER_BS) -> np.ndarray:
@@ -156,7 +164,7 @@ class EnsemblePredictor:
         ({(size, resize): N x S x S x 3})."""
         return self.combine(self.each_member_on(pixels, bs=bs))
 
-    def member_probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
+    def member_probabilities(self, paths: list[str], tta: bool | None = None, bs: int = INFER_BS,
                              progress: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
         """([probs N'xC of each member], kept indices into `paths`). Each image is decoded once
         per distinct (size, resize) of the members, in batches of `bs`; unreadable images are
@@ -175,7 +183,7 @@ class EnsemblePredictor:
         stacked, kept = gathered(pieces, kept, len(paths))
         return [np.ascontiguousarray(stacked[:, i]) for i in range(len(self.members))], kept
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
+    def probabilities(self, paths: list[str], tta: bool | None = None, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
         """(probs N'xC, kept indices into `paths`), as predict.Predictor.probabilities."""
         member_probs, kept = self.member_probabilities(paths, tta, bs, progress)
@@ -184,7 +192,7 @@ class EnsemblePredictor:
 
 # --- measuring -------------------------------------------------------------------------------
 
-def measure(predictor: EnsemblePredictor, items, tta: bool = False, bs: int = INFER_BS,
+def measure(predictor: EnsemblePredictor, items, tta: bool | None = None, bs: int = INFER_BS,
             threshold: float | None = None):
     """(ensemble figures, {member name: figures}, ensemble probs, truth) on labelled `items`,
     every member and the ensemble on the same (readable) images; multi-label members at their
@@ -338,9 +346,14 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
         root = (data.dataset_root(DataConfig(path=data_path)) if data_path
                 else splits.record_root(runs[0] / "splits.csv"))
         splits.write(shared, folder / "splits.csv", root)
+        trained_on = (spec.TRAIN_VALID if any(m.inference.trained_on == spec.TRAIN_VALID
+                                              for m in metas) else spec.TRAIN)
+        inference = spec.InferenceSpec(tta=all(m.inference.tta for m in metas), chosen_by="members",
+                                       trained_on=trained_on,
+                                       split_digest=spec.split_digest(folder / "splits.csv"))
         meta = EnsembleMeta(vote=vote, weights=w, members=names, classes=list(first.classes),
                             multi_label=first.multi_label, label_delim=first.label_delim,
-                            data_root=str(root),
+                            data_root=str(root), inference=inference,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             versions=bundle.library_versions())
         write_meta(folder, meta)
@@ -350,7 +363,8 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
         if meta.multi_label and vote == "soft":
             from .metrics import multi_label
             built.search = th.search(probs, y, search_metric, search_mode)
-            meta.thresholds = built.search.thresholds
+            spec.set_thresholds(meta.inference, built.search.thresholds, predictor, None,
+                                search_metric, search_mode, source)
             write_meta(folder, meta)
             built.before = multi_label(probs, y, meta.classes, 0.5)
             built.figures = multi_label(probs, y, meta.classes, meta.thresholds)

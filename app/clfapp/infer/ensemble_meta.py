@@ -1,5 +1,5 @@
 """ensemble.json: what an ensemble folder says about itself (vote, weights, members, classes,
-thresholds), with its one reader and writer. Apart from infer/ensemble.py so that member
+the inference spec with its thresholds), with its one reader and writer. Apart from infer/ensemble.py so that member
 loading (infer/members.py), threshold tuning and export read it without the predictor."""
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UsageError
+from . import spec as spec_mod
 
-FORMAT = 1
+FORMAT = 2
+"""2: thresholds and TTA live in `inference` (infer/spec.py; size and resize there are 0 and
+"": each member's own, in its model.json). Format 1 is read with the spec it always meant:
+TTA when every member's model says so, marked inferred."""
 FILE = "ensemble.json"
 MEMBERS = "members"
 VOTES = ("soft", "hard")
@@ -32,17 +36,22 @@ class EnsembleMeta:
     classes: list[str]
     multi_label: bool = False
     label_delim: str = " "
-    thresholds: list[float] | None = None
+    inference: spec_mod.InferenceSpec = field(default_factory=spec_mod.InferenceSpec)
     created: str = ""
     versions: dict = field(default_factory=dict)
     data_root: str = ""     # the dataset folder its splits.csv's relative paths are under
     format: int = FORMAT
     kind: str = "ensemble"
 
+    @property
+    def thresholds(self) -> list[float] | None:
+        """The ensemble's multi-label thresholds (inference.thresholds; None = 0.5)."""
+        return self.inference.thresholds
+
     def to_json(self) -> str:
         d = asdict(self)
         order = ("format", "kind", "vote", "weights", "members", "classes", "multi_label",
-                 "label_delim", "thresholds", "created", "versions", "data_root")
+                 "label_delim", "inference", "created", "versions", "data_root")
         return json.dumps({k: d[k] for k in order}, indent=2) + "\n"
 
 
@@ -62,8 +71,14 @@ def read_meta(folder) -> EnsembleMeta:
         raise UsageError(f"{path} has ensemble format {version!r}; this clfapp reads up to "
                          f"{FORMAT}; upgrade clfapp")
     known = {f.name for f in fields(EnsembleMeta)}
+    if "inference" in raw:
+        inference = spec_mod.InferenceSpec.from_dict(raw.pop("inference"), str(path))
+    else:
+        inference = spec_mod.InferenceSpec(thresholds=raw.pop("thresholds", None),
+                                           tta=_members_all_tta(folder, raw.get("members")),
+                                           chosen_by="inferred", inferred=True)
     try:
-        meta = EnsembleMeta(**{k: v for k, v in raw.items() if k in known})
+        meta = EnsembleMeta(**{k: v for k, v in raw.items() if k in known}, inference=inference)
     except TypeError as e:
         raise UsageError(f"{path} is not a valid clfapp ensemble description: {e}")
     if meta.vote not in VOTES:
@@ -80,6 +95,16 @@ def read_meta(folder) -> EnsembleMeta:
         raise UsageError(f"{path} names member {bad[0]!r} outside its folder {Path(folder) / MEMBERS}; "
                          "a member is one folder name under it")
     return meta
+
+
+def _members_all_tta(folder, names) -> bool:
+    """What a format-1 ensemble did by default: TTA when every member's model said so."""
+    from . import bundle
+    try:
+        return bool(names) and all(bundle.read_meta(Path(folder) / MEMBERS / str(n)).inference.tta
+                                   for n in names if _member_name_ok(n))
+    except UsageError:
+        return False   # a member missing or damaged: members.read_ensemble says which
 
 
 def _member_name_ok(name) -> bool:

@@ -117,7 +117,7 @@ def trained_on_valid(folders) -> list[tuple[str, set]]:
     from . import bundle
 
     return [(m.name, set(rec.index[rec == "valid"])) for m, rec in _recorded(folders)
-            if m.meta.trained_on == bundle.TRAIN_VALID]
+            if m.meta.inference.trained_on == bundle.TRAIN_VALID]
 
 
 def training_items(folder) -> set[str] | None:
@@ -129,7 +129,7 @@ def training_items(folder) -> set[str] | None:
     seen, known = set(), False
     for m, rec in _recorded([folder]):
         known = True
-        parts = ["train", "valid"] if m.meta.trained_on == bundle.TRAIN_VALID else ["train"]
+        parts = ["train", "valid"] if m.meta.inference.trained_on == bundle.TRAIN_VALID else ["train"]
         seen |= {_resolved(p) for p in rec.index[rec.isin(parts)]}
     return seen if known else None
 
@@ -161,8 +161,10 @@ def overlap_warning(name: str, found: dict | None) -> str | None:
             f"{name} (e.g. {shown}): its figures on them are optimistic, not evidence")
 
 
-def measure(predictor, items, tta: bool = False, bs: int = INFER_BS, threshold: float | None = None):
-    """(metrics, probs, truth) of `predictor` on labelled `items`; unreadable images skipped."""
+def measure(predictor, items, tta: bool | None = None, bs: int = INFER_BS,
+            threshold: float | None = None):
+    """(metrics, probs, truth) of `predictor` on labelled `items`, run as its inference spec
+    says unless `tta` is given; unreadable images skipped."""
     probs, kept = predictor.probabilities(items["path"].tolist(), tta=tta, bs=bs)
     m, y = score(probs, items.iloc[kept], predictor.meta, threshold)
     return m, probs, y
@@ -205,7 +207,7 @@ def held_out(run, items) -> tuple[dict, dict | None] | None:
         return None
     try:
         predictor = Predictor(run)
-        m, probs, y = measure(predictor, test, tta=predictor.meta.tta)
+        m, probs, y = measure(predictor, test)   # as its spec says
     except UsageError as e:
         print(f"warning: the test split was not measured: {e}", file=sys.stderr)
         return None

@@ -227,7 +227,7 @@ def describe(members: list[model_members.Member], facts: dict, groups: list[dict
                      "input": next(g["name"] for g in groups if i in g["members"])}
                     for i, m in enumerate(members)],
         "preprocessing": preprocessing(groups, facts),
-        "tta_flips": one.tta_flips if one else None,
+        "tta_flips": one.inference.tta_flips if one else None,
         "opset": opset,
         "exporter": "torch.onnx.export, TorchScript-based (dynamo=False)",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

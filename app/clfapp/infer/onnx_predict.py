@@ -119,6 +119,18 @@ class OnnxPredictor:
             raise UsageError(f"{onnx_path}: its graph's inputs/outputs do not fit {META_FILE}; export again")
 
     @property
+    def spec(self):
+        """How the graph is run (onnx.json `inference`); an export from before the spec: no
+        TTA, the first input's size, marked inferred."""
+        from . import spec
+        raw = self.info.get("inference")
+        if raw is not None:
+            return spec.InferenceSpec.from_dict(dict(raw), str(self.folder / META_FILE))
+        size, resize = self.inputs[0]
+        return spec.InferenceSpec(size=size, resize=resize, thresholds=self.meta.thresholds,
+                                  chosen_by="inferred", inferred=True)
+
+    @property
     def classes(self) -> list[str]:
         return self.meta.classes
 

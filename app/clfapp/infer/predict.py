@@ -10,7 +10,7 @@ from ..data import images
 from ..errors import UsageError
 from ..config import INFER_BS
 from ..models.decisions import decision_thresholds
-from . import model_io
+from . import model_io, spec
 from .decoding import Input, gathered, input_of
 
 
@@ -73,29 +73,8 @@ def _collate(batch):
     return idx, x
 
 
-MIRRORS = ("horizontal", "vertical", "transpose")
-"""TTA mirror names: flip the width, flip the height, swap them (images are square here)."""
-LEGACY_TTA_FLIPS = ("horizontal",)
-"""TTA of bundles written before model.json recorded `tta_flips`: what TTA always did."""
-
-
-def tta_flips_for(aug) -> list[str]:
-    """The mirrors training augmented with, from an AugConfig, in fastai's terms:
-    aug_transforms flips only when `flip` is on, and `flip_vert` then uses fastai's Dihedral
-    (vertical flips and transposes too: the 8 turns and mirrors of the square); nothing at
-    all when augmentation is disabled."""
-    if not (aug.enabled and aug.flip):
-        return []
-    return list(MIRRORS) if aug.flip_vert else ["horizontal"]
-
-
-def tta_views(flips) -> list[tuple[str, ...]]:
-    """The views TTA averages: every combination of the mirrors, the image itself first. With
-    all three, the dihedral group's 8; on plant seedlings' validation split 8 views gave
-    0.898 accuracy where the image and each mirror alone (3 views) gave 0.890, and 0.771 vs
-    0.749, 0.740 vs 0.694 for two shorter runs (`python bench/tta_views.py RUN`)."""
-    import itertools
-    return [c for k in range(len(flips) + 1) for c in itertools.combinations(flips, k)]
+# where TTA's mirrors are defined (infer/spec.py), for the callers that import them from here
+MIRRORS, tta_flips_for, tta_views = spec.MIRRORS, spec.tta_flips_for, spec.tta_views
 
 
 def _mirrored(x, view: tuple[str, ...]):
@@ -135,27 +114,24 @@ class Predictor:
         return model_io.normalise(x01, self.mean, self.std)
 
     @property
-    def tta_flips(self) -> list[str]:
-        """The mirrors TTA averages over: those the model was trained with (model.json's
-        `tta_flips`); a bundle older than that field gets the horizontal flip it always had."""
-        flips = list(LEGACY_TTA_FLIPS if self.meta.tta_flips is None else self.meta.tta_flips)
-        unknown = [f for f in flips if f not in MIRRORS]
-        if unknown:
-            raise UsageError(f"model.json: unknown tta_flips {unknown} (known: {', '.join(MIRRORS)})")
-        if "vertical" in flips and "transpose" not in flips:
-            # written before "transpose" was: vertical flips only ever came with fastai's
-            # Dihedral (aug.flip_vert), which transposes too
-            flips.append("transpose")
-        return flips
+    def spec(self):
+        """How this model is run (model.json `inference`): every default below is read here."""
+        return self.meta.inference
 
-    def forward(self, x_uint8, tta: bool = False):
-        """Probabilities for a uint8 N,3,S,S batch.
+    @property
+    def tta_flips(self) -> list[str]:
+        """The mirrors TTA averages over: those the model was trained with."""
+        return self.spec.tta_flips
+
+    def forward(self, x_uint8, tta: bool | None = None):
+        """Probabilities for a uint8 N,3,S,S batch; `tta` None: as the spec says.
 
         TTA averages the image with its mirrors (`tta_views`), but only the mirrors training
         augmented with: a mirrored digit or text is another image, not the same one seen
         differently. For a model trained without flips, TTA is a no-op (said once on stderr).
         """
         import torch
+        tta = self.spec.tta if tta is None else tta
         x = self.normalise(x_uint8.float() / 255.0).contiguous(memory_format=torch.channels_last)
         views = tta_views(self.tta_flips) if tta else [()]
         if tta and len(views) == 1:
@@ -175,7 +151,7 @@ class Predictor:
     def _activate(self, logits):
         return model_io.activate(logits, self.meta.multi_label)
 
-    def probabilities_of(self, pixels: np.ndarray, tta: bool = False, bs: int = INFER_BS) -> np.ndarray:
+    def probabilities_of(self, pixels: np.ndarray, tta: bool | None = None, bs: int = INFER_BS) -> np.ndarray:
         """Probabilities for already decoded images (N x S x S x 3 uint8, as images.read_image)."""
         import torch
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
@@ -185,7 +161,7 @@ class Predictor:
         """Probabilities for decoded images given per input ({(size, resize): N x S x S x 3})."""
         return self.probabilities_of(pixels[self.inputs[0]], bs=bs)
 
-    def batches(self, paths: list[str], tta: bool = False, bs: int = INFER_BS, workers: int = 0):
+    def batches(self, paths: list[str], tta: bool | None = None, bs: int = INFER_BS, workers: int = 0):
         """(indices into `paths`, probs) per batch, in order, decoding in `workers` processes
         (0: in this one) ahead of the model: memory holds a few batches, whatever len(paths)."""
         import torch
@@ -197,7 +173,7 @@ class Predictor:
             if len(idx):
                 yield idx.numpy(), self.forward(x, tta).numpy()
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
+    def probabilities(self, paths: list[str], tta: bool | None = None, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
         """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning."""
         from fastprogress.fastprogress import progress_bar
@@ -211,7 +187,7 @@ class Predictor:
         return gathered(out, kept, len(paths))
 
 
-def batches(predictor, paths: list[str], tta: bool = False, bs: int = INFER_BS, workers: int = 0,
+def batches(predictor, paths: list[str], tta: bool | None = None, bs: int = INFER_BS, workers: int = 0,
             chunk: int = 0):
     """(indices into `paths`, probs) piece by piece, for any predictor: a Predictor streams its
     batches; an ensemble or ONNX predictor gets `chunk` paths at a time (bounded memory)."""
@@ -229,17 +205,6 @@ def batches(predictor, paths: list[str], tta: bool = False, bs: int = INFER_BS, 
                 raise
             continue  # "none of the images could be read" in this chunk: they were named
         yield np.asarray(kept) + start, probs
-
-
-def tta_default(predictor, asked: bool | None) -> bool:
-    """--tta / --no-tta when given, else the model's own default (model.json `tta`, aug.tta;
-    an ensemble's members each record theirs: TTA when they all do)."""
-    if asked is not None:
-        return asked
-    members = getattr(predictor, "members", None)
-    if members:
-        return all(getattr(m.meta, "tta", False) for m in members)
-    return bool(getattr(predictor.meta, "tta", False))
 
 
 def multilabel_table(paths: list[str], probs: np.ndarray, meta, threshold: float | None = None):

@@ -61,15 +61,17 @@ class Tuned:
     after: dict    # at the chosen thresholds
 
 
-def tune(run, probs: np.ndarray, y: np.ndarray, metric: str, mode: str) -> Tuned:
-    """Search thresholds on (probs, y) and store them in the run's bundle (model.json), or an
-    ensemble's ensemble.json."""
-    from . import bundle, ensemble_meta
+def tune(run, probs: np.ndarray, y: np.ndarray, metric: str, mode: str, predictor,
+         tta: bool | None = None, on: str = "") -> Tuned:
+    """Search thresholds on (probs, y), the probabilities of `predictor` run with `tta` (None:
+    its spec's) on the items `on` describes, and store them with those conditions in the
+    inference spec of the run's bundle (model.json), or an ensemble's ensemble.json."""
+    from . import bundle, ensemble_meta, spec
 
     store = ensemble_meta if ensemble_meta.is_ensemble(run) else bundle
     meta = store.read_meta(run)
     found = search(probs, y, metric, mode)
-    meta.thresholds = found.thresholds
+    spec.set_thresholds(meta.inference, found.thresholds, predictor, tta, metric, mode, on)
     store.write_meta(run, meta)
     return Tuned(found, metrics.multi_label(probs, y, meta.classes, 0.5),
                  metrics.multi_label(probs, y, meta.classes, found.thresholds))

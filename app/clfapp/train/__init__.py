@@ -397,21 +397,25 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     optimistic; with a held-out test split the headline figures (top level of metrics.json,
     report.md, the summary) are the saved bundle's on it, and validation moves under "valid".
     """
-    from ..infer import thresholds
-    from ..infer.predict import Predictor, tta_flips_for, tta_views
+    from ..infer import spec, thresholds
+    from ..infer.predict import Predictor, tta_flips_for
 
     learn, ds = prep.learn, prep.dataset
+    inference = spec.InferenceSpec(
+        size=prep.test_size, resize=cfg.data.resize, tta=cfg.aug.tta,
+        tta_flips=tta_flips_for(cfg.aug), trained_on=spec.TRAIN,
+        split_digest=spec.split_digest(folder / "splits.csv"),
+        chosen_by="data.test_size" if cfg.data.test_size else "formula")
     meta = bundle.BundleMeta(
-        arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size, resize=cfg.data.resize,
-        mean=list(prep.arch.mean), std=list(prep.arch.std), dropout=cfg.model.dropout,
-        concat_pool=cfg.model.concat_pool, pretrained_from=prep.weights_source,
-        head_hidden=cfg.model.head_hidden, cut_blocks=cfg.model.cut_blocks,
-        multi_label=ds.multi_label, label_delim=ds.delim, tta_flips=tta_flips_for(cfg.aug),
-        tta=cfg.aug.tta, test_size=prep.test_size)
+        arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size,
+        mean=list(prep.arch.mean), std=list(prep.arch.std), inference=inference,
+        dropout=cfg.model.dropout, concat_pool=cfg.model.concat_pool,
+        pretrained_from=prep.weights_source, head_hidden=cfg.model.head_hidden,
+        cut_blocks=cfg.model.cut_blocks, multi_label=ds.multi_label, label_delim=ds.delim)
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
     valid, pixels = _valid_at(ds, meta)
     predictor = Predictor(folder)
-    probs = predictor.probabilities_of(pixels, tta=cfg.aug.tta)
+    probs = predictor.probabilities_of(pixels)   # as its spec says
     y = ds.targets(valid)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
@@ -422,9 +426,9 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {sizes}, lr {lr:.2e}, "
                f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
                + (f" (training {stopped} early)" if stopped else "")
-               + (f"; figures with TTA (mean over {len(tta_views(meta.tta_flips))} views: the "
-                  f"image and every combination of its {', '.join(meta.tta_flips)} mirrors)"
-                  if cfg.aug.tta and meta.tta_flips else "") + ".")
+               + (f"; figures with TTA (mean over {len(meta.inference.views)} views: the "
+                  f"image and every combination of its {', '.join(meta.inference.tta_flips)} mirrors)"
+                  if meta.inference.tta else "") + ".")
     run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
                     interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
     from .reproducible import record
@@ -432,7 +436,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     if prep.class_weights:
         run_info["class_weights"] = prep.class_weights
     if ds.multi_label:
-        tuned = thresholds.tune(folder, probs, y, cfg.thresholds.metric, cfg.thresholds.mode)
+        tuned = thresholds.tune(folder, probs, y, cfg.thresholds.metric, cfg.thresholds.mode,
+                                predictor, on=f"the validation split of {folder.name}")
         print(f"thresholds ({cfg.thresholds.mode}, {cfg.thresholds.metric}) on the validation split: "
               f"{tuned.search.score_at_half:.4f} at 0.5 → {tuned.search.score:.4f}")
         valid_m, valid_before = tuned.after, tuned.before

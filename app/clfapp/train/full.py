@@ -115,7 +115,8 @@ def retrain(cfg: Config, folder: Path, first, ds0: data.Dataset):
     # Save the final bundle beside, then swap: model/ is whole at every moment.
     meta = bundle.read_meta(folder / "model")  # thresholds tuned on validation come along
     meta = replace(meta, pretrained_from=prep.weights_source, versions={}, created="",
-                   trained_on=bundle.TRAIN_VALID)  # evaluate & co. refuse its validation split
+                   inference=replace(meta.inference, trained_on=bundle.TRAIN_VALID))
+    # evaluate & co. refuse its validation split; size, TTA and thresholds are the estimate's
     bundle.save(folder / "model-full", _contiguous(learn.model.float()), meta)
     shutil.rmtree(folder / "model-valid", ignore_errors=True)
     os.replace(folder / "model", folder / "model-valid")
