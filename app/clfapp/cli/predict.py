@@ -16,7 +16,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default RUN/predict-N/predictions.csv|json).")] = None,
             fmt: Annotated[str, typer.Option("--format", help="csv | json.")] = "csv",
             top_k: Annotated[int, typer.Option("--top-k", help="How many ranked labels per image.")] = 3,
-            tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Also average over the mirrors the model was trained with (model.json tta_flips); a no-op for models trained without flips. Default: what the model says (model.json tta, from aug.tta).", show_default=False)] = None,
+            tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over the mirrors the model was trained with, or not. Default: as the model's inference spec says (model.json inference.tta); told otherwise, a line says the output is not the shipped model's.", show_default=False)] = None,
             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
             backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime; no --tta).")] = "torch",
