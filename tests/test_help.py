@@ -48,3 +48,26 @@ def test_cli_import_does_not_import_torch():
             "if m in sys.modules]; assert not heavy, heavy")
     proc, _ = _run([sys.executable, "-c", code])
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    (["evaluate", "runs/x", "--bs", "abc"], "error: Invalid value for '--bs'"),
+    (["predict", "runs/x", "photos", "--threshold", "high"], "error: Invalid value for '--threshold'"),
+    (["fit", "--epochs", "inf"], "error: Invalid value for '--epochs'"),
+    (["evaluate", "--nope"], "error: No such option: --nope"),
+    (["thresholds"], "error: Missing argument"),
+    (["nosuch"], "error: No such command 'nosuch'"),
+], ids=["bs", "threshold", "epochs", "option", "argument", "command"])
+def test_a_command_line_mistake_is_one_line_and_exit_2(args, said):
+    """Not a number, an unknown option or a missing argument: one stderr line naming the
+    command's --help, exit 2 (it was click's framed box of five lines)."""
+    proc, _ = _run(BASE + args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(said), proc.stderr
+    assert "--help'" in lines[0] and not proc.stdout
+
+
+def test_no_command_still_shows_the_help():
+    proc, _ = _run(BASE)
+    assert proc.returncode == 2 and "Usage:" in proc.stdout and not proc.stderr.strip()

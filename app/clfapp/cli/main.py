@@ -28,4 +28,24 @@ app.add_typer(data.app, name="data")
 
 
 def run() -> None:
-    app()
+    """The `clfapp` entry point. A mistake on the command line (an unknown option, a value that
+    is not a number, a missing argument) is one line on stderr and exit 2, as every other usage
+    error is, instead of click's framed box."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:   # Ctrl-C outside a command's own handling
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except typer.TyperException as e:   # click's UsageError and BadParameter (typer vendors click)
+        if getattr(e, "exit_code", 1) != 2 or not hasattr(e, "format_message"):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f"clfapp {' '.join(ctx.command_path.split()[1:])}".strip() if ctx else "clfapp"
+        message = " ".join(e.format_message().split()).rstrip(".")   # one line, as click wraps it
+        if not message:   # no arguments at all: the help was shown, as asked for
+            sys.exit(2)
+        typer.echo(f"error: {message}; see '{where} --help'", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
