@@ -142,6 +142,9 @@ def test_predict_onnx_runs_the_graphs_tta_and_refuses_the_other(tmp_path, data, 
     run = _run(tmp_path, data, ["horizontal"], tta=True)
     assert cli("export", run).exit_code == 0                  # export-1: TTA inside
     assert cli("export", run, "--no-tta").exit_code == 0      # export-2: the plain model
+    # the views call the same weights: stored once, not once per view
+    sizes = [(run / f"export-{i}" / "model.onnx").stat().st_size for i in (1, 2)]
+    assert sizes[0] < 1.2 * sizes[1]
     torch_csv = tmp_path / "t.csv"
     assert cli("predict", run, data, "--out", torch_csv).exit_code == 0
     want = pd.read_csv(torch_csv)

@@ -125,18 +125,21 @@ def _graph(members: list[model_members.Member], groups: list[dict], views: list[
         def __init__(self, model, meta, views):
             super().__init__()
             self.model, self.multi_label = model, bool(meta.multi_label)
-            self.views, self.n_classes = list(views), len(meta.classes)
+            self.views = list(views)
             self.register_buffer("mean", model_io.channel_stats(meta.mean))
             self.register_buffer("std", model_io.channel_stats(meta.std))
 
         def forward(self, x):
             x = model_io.normalise(x, self.mean, self.std)
+            probs = model_io.activate(self.model(x), self.multi_label)
             if len(self.views) == 1:
-                return model_io.activate(self.model(x), self.multi_label)
-            # every view in one batch through the model, then the mean per image
-            batch = torch.cat([_mirrored(x, v) for v in self.views])
-            probs = model_io.activate(self.model(batch), self.multi_label)
-            return probs.reshape(len(self.views), -1, self.n_classes).mean(0)
+                return probs
+            # one view after another, summed in predict.Predictor.forward's order: memory of
+            # one batch at a time (a batch of all 8 views would need 8 times as much), and
+            # the model's weights are stored once in the file however many views call them
+            for view in self.views[1:]:
+                probs = probs + model_io.activate(self.model(_mirrored(x, view)), self.multi_label)
+            return probs / len(self.views)
 
     class Graph(nn.Module):
         def __init__(self):
