@@ -13,7 +13,8 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
            fmt: Annotated[str, typer.Option("--format", help="Export format: onnx (the only one).")] = "onnx",
            out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write (default RUN/export-N).")] = None,
            opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = 17,
-           tolerance: Annotated[float, typer.Option("--tolerance", help="Largest |PyTorch - ONNX Runtime| probability difference accepted by the parity check.")] = 1e-4):
+           tolerance: Annotated[float, typer.Option("--tolerance", help="Largest |PyTorch - ONNX Runtime| probability difference accepted by the parity check.")] = 1e-4,
+           tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Put test-time augmentation (the mean over the mirrors the model trained with) inside the graph, or export the plain model. Default: what the model's inference spec says (model.json / ensemble.json `inference.tta`).", show_default=False)] = None):
     """Export a trained model (or a soft-vote ensemble, as one graph) to ONNX.
 
     Writes RUN/export-N/model.onnx, onnx.json and preprocess.py. The graph takes float32
@@ -21,9 +22,11 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
     normalisation is inside) and gives probabilities (softmax; sigmoid for multi-label).
     preprocess.py (Pillow and numpy only) turns image files into that input exactly as clfapp
     does (EXIF orientation, transparency over white, 16-bit scaling, reduced-scale JPEG decoding,
-    resize); onnx.json's `preprocessing` lists the same steps. Afterwards it checks
-    ONNX Runtime against PyTorch on the run's validation images: beyond --tolerance it exits 1
-    and removes the export. Use it with `clfapp predict RUN PATHS --backend onnx`.
+    resize); onnx.json's `preprocessing` lists the same steps. When the model's inference spec
+    runs TTA, the graph does it too (each member over its own mirrors): --no-tta exports the
+    plain model, --tta puts TTA in; onnx.json `inference` says which. Afterwards it checks
+    ONNX Runtime against PyTorch (run with the graph's TTA) on the run's validation images:
+    beyond --tolerance it exits 1 and removes the export. Use it with `clfapp predict RUN PATHS --backend onnx`.
     """
     from ..infer import export as ex
     from ..models import runs
@@ -36,12 +39,13 @@ def export(run: Annotated[str, typer.Argument(help="Run folder (or its name unde
     folder = runs.existing(run)
     if out is None:
         checks.new_folder(folder)   # RUN/export-N
-    target, info = ex.export(folder, out, opset, tolerance)
+    target, info = ex.export(folder, out, opset, tolerance, tta)
     shapes = ", ".join(f"{i['name']} float32 N x 3 x {i['size']} x {i['size']} in [0, 1] "
                        f"({i['resize']}, {i['interpolation']})" for i in info["inputs"])
     kind = f"ensemble of {len(info['members'])} (soft vote)" if info["kind"] == "ensemble" else "model"
     common.echo(f"exported {kind} to {target / ex.ONNX_FILE} (opset {opset}; input {shapes}; "
                 f"output {info['output']['activation']} probabilities over {len(info['classes'])} classes)")
+    common.echo(ex.tta_said(info))
     common.echo(f"preprocessing: {target / ex.REFERENCE_FILE} (Pillow + numpy; every step in "
                 f"{ex.META_FILE} `preprocessing`)")
     p = info["parity"]

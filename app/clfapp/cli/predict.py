@@ -19,7 +19,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
             tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over the mirrors the model was trained with, or not. Default: as the model's inference spec says (model.json inference.tta); told otherwise, a line says the output is not the shipped model's.", show_default=False)] = None,
             threshold: Annotated[Optional[float], typer.Option("--threshold", help="Multi-label: one threshold for every label, instead of the model's tuned ones.")] = None,
             bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
-            backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime; no --tta).")] = "torch",
+            backend: Annotated[str, typer.Option("--backend", help="torch (the bundle) | onnx (RUN's newest export-N from `clfapp export`, or an export folder, through ONNX Runtime, with the TTA its graph was exported with: --tta/--no-tta only as the export did).")] = "torch",
             workers: Annotated[int, typer.Option("--workers", help="Processes decoding images ahead of the model (0: decode in this one).")] = INFER_WORKERS,
             resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted prediction: keep the rows already written (--out, or RUN's newest predict-N) and classify only the files not in them.")] = False):
     """Classify images with a trained model: label, probability and top-k per image
@@ -43,9 +43,6 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
     if fmt not in ("csv", "json"):
         raise common.UsageError(f"--format must be csv or json, got {fmt!r}")
     loader.check_backend(backend)
-    if backend == "onnx" and tta:
-        raise common.UsageError("--tta is not available with --backend onnx (the exported graph is "
-                                "the plain model); use --backend torch for TTA")
     if resume and fmt != "csv":
         raise common.UsageError("--resume works with --format csv (a JSON file is written whole "
                                 "at the end)")
@@ -66,6 +63,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder (or its name und
         checks.new_folder(folder)   # RUN/predict-N
     files = pr.collect_paths(paths)
     predictor = loader.load(folder, backend)
+    if predictor.kind == "onnx":   # its TTA is in the graph: the other is an export away
+        predictor.check_tta(tta)
     departures = spec.departures(predictor, tta, threshold)   # told to run it otherwise
     tta = spec.tta_in_force(predictor, tta)
     # a folder this command makes is removed again when it ends with nothing predicted

@@ -14,6 +14,13 @@ The exported graph (RUN/export-N/model.onnx):
   preprocessing share one input. A hard-vote ensemble is refused: its answer is a majority of
   member labels, not probabilities, and exporting soft probabilities under its name would
   silently change its predictions.
+- test-time augmentation is INSIDE the graph when the model's inference spec runs it (an
+  ensemble's spec: every member or none): each member averages its activated probabilities over
+  its own views (spec.tta_views of the mirrors it trained with: flips of the width and height,
+  transposes of the square), as predict.Predictor.forward does, before the ensemble's weighted
+  mean. So a consumer of model.onnx gets clfapp's probabilities without mirroring anything.
+  `export --tta/--no-tta` overrides the spec; onnx.json `inference.tta` and `tta` say what the
+  graph does, and its parity check runs PyTorch with the same TTA.
 
 onnx.json holds the facts a consumer needs (inputs, classes, multi-label, thresholds, label
 delimiter, mean/std, vote and weights, opset, library versions, and `preprocessing`: every step
@@ -34,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bundle, members as model_members, model_io
+from . import bundle, members as model_members, model_io, spec as spec_mod
 from .decoding import decode_per_input, distinct, input_of
 from .onnx_format import (FLAT_KEYS, FORMAT, META_FILE, METADATA_KEY, ONNX_FILE, OUTPUT_NAME,
                           REFERENCE_FILE)
@@ -67,8 +74,21 @@ def read_source(folder: Path) -> tuple[list[model_members.Member], dict]:
                          "soft-vote ensembles export (make one with vote 'soft')")
     facts = dict(kind=source.kind, classes=source.classes, multi_label=source.multi_label,
                  thresholds=source.thresholds, label_delim=source.label_delim, vote=source.vote,
-                 weights=None if source.ensemble is None else [m.weight for m in source.members])
+                 weights=None if source.ensemble is None else [m.weight for m in source.members],
+                 spec=(source.members[0].meta.inference if source.ensemble is None
+                       else source.ensemble.inference))
     return source.members, facts
+
+
+def graph_views(members: list[model_members.Member], tta: bool) -> list[list[tuple[str, ...]]]:
+    """The views each member's part of the graph averages: its own mirrors' (spec.tta_views)
+    with TTA, else the image alone."""
+    return [spec_mod.tta_views(m.meta.inference.tta_flips) if tta else [()] for m in members]
+
+
+def view_names(views: list[tuple[str, ...]]) -> list[str]:
+    """Views in words, as onnx.json lists them: "image", "horizontal", "vertical+transpose"."""
+    return ["+".join(v) or "image" for v in views]
 
 
 def input_groups(members: list[model_members.Member]) -> list[dict]:
@@ -87,26 +107,45 @@ def input_groups(members: list[model_members.Member]) -> list[dict]:
     return groups
 
 
-def _graph(members: list[model_members.Member], groups: list[dict]):
-    """The torch module to export: inputs in [0, 1] -> weighted mean of member probabilities."""
+def _mirrored(x, view: tuple[str, ...]):
+    """`x` (N x 3 x S x S) seen through `view`, as predict._mirrored sees it."""
+    import torch
+    for mirror in view:
+        x = x.transpose(2, 3) if mirror == "transpose" else torch.flip(x, dims=[3 if mirror == "horizontal" else 2])
+    return x
+
+
+def _graph(members: list[model_members.Member], groups: list[dict], views: list[list[tuple]]):
+    """The torch module to export: inputs in [0, 1] -> weighted mean of member probabilities,
+    each member's the mean over its `views` (TTA; [()]: the image alone)."""
     import torch
     import torch.nn as nn
 
     class Normalised(nn.Module):
-        def __init__(self, model, meta):
+        def __init__(self, model, meta, views):
             super().__init__()
             self.model, self.multi_label = model, bool(meta.multi_label)
+            self.views = list(views)
             self.register_buffer("mean", model_io.channel_stats(meta.mean))
             self.register_buffer("std", model_io.channel_stats(meta.std))
 
         def forward(self, x):
-            logits = self.model(model_io.normalise(x, self.mean, self.std))
-            return model_io.activate(logits, self.multi_label)
+            x = model_io.normalise(x, self.mean, self.std)
+            probs = model_io.activate(self.model(x), self.multi_label)
+            if len(self.views) == 1:
+                return probs
+            # one view after another, summed in predict.Predictor.forward's order: memory of
+            # one batch at a time (a batch of all 8 views would need 8 times as much), and
+            # the model's weights are stored once in the file however many views call them
+            for view in self.views[1:]:
+                probs = probs + model_io.activate(self.model(_mirrored(x, view)), self.multi_label)
+            return probs / len(self.views)
 
     class Graph(nn.Module):
         def __init__(self):
             super().__init__()
-            self.members = nn.ModuleList(Normalised(bundle.load(m.folder)[0], m.meta) for m in members)
+            self.members = nn.ModuleList(Normalised(bundle.load(m.folder)[0], m.meta, v)
+                                         for m, v in zip(members, views))
             self.which = [next(k for k, g in enumerate(groups) if i in g["members"])
                           for i in range(len(members))]
             self.weights = [m.weight for m in members]
@@ -134,7 +173,8 @@ def library_versions() -> dict:
     return out
 
 
-def preprocessing(groups: list[dict], facts: dict) -> dict:
+def preprocessing(groups: list[dict], facts: dict, names: list[str] | None = None,
+                  views: list[list[tuple]] | None = None) -> dict:
     """onnx.json `preprocessing`: what clfapp does to an image file before the graph, step by step
     in order (data/images.read_image, then onnx_predict's scaling), and what the graph does itself.
     preprocess.py (onnx_reference.py) is the same steps as code; tests check both against clfapp."""
@@ -145,8 +185,7 @@ def preprocessing(groups: list[dict], facts: dict) -> dict:
               "activation: " + activation]
     if ensemble:
         inside.append("ensemble: the weighted mean of the members' probabilities (`weights`)")
-    inside.append("test-time augmentation: none; the graph is the plain model (clfapp predict "
-                  "--tta averages mirrored views, this graph does not)")
+    inside.append(_tta_inside(names or [], views or [[()]]))
     return {
         "reference": {"file": REFERENCE_FILE, "needs": ["Pillow", "numpy"],
                       "function": "preprocess(image, size, resize) -> float32 3 x size x size",
@@ -195,10 +234,33 @@ def preprocessing(groups: list[dict], facts: dict) -> dict:
     }
 
 
+def _tta_inside(names: list[str], views: list[list[tuple]]) -> str:
+    """preprocessing.inside_graph's line on TTA: the views the graph averages, or none."""
+    if all(len(v) == 1 for v in views):
+        return ("test-time augmentation: none; the graph is the plain model, the image alone "
+                "(exported without TTA)")
+
+    def listed(v):
+        return f"{len(v)} views ({', '.join(view_names(v))})"
+    how = ("horizontal: the width flipped; vertical: the height flipped; transpose: width and "
+           "height swapped (the input is square); the mean of the activated probabilities")
+    if len(views) == 1:
+        return f"test-time augmentation: the mean over {listed(views[0])}; {how}"
+    per = "; ".join(f"{n}: {listed(v)}" for n, v in zip(names, views))
+    return (f"test-time augmentation: each member the mean over its own views, before the "
+            f"weighted mean ({per}); {how}")
+
+
 def describe(members: list[model_members.Member], facts: dict, groups: list[dict], opset: int,
-             source: Path) -> dict:
-    """The facts written to onnx.json and into the ONNX file's metadata_props."""
+             source: Path, tta: bool | None = None) -> dict:
+    """The facts written to onnx.json and into the ONNX file's metadata_props; `tta` (None:
+    the spec's) is whether the graph runs TTA."""
+    from dataclasses import replace
+
     one = members[0].meta if len(members) == 1 else None
+    base = facts["spec"]
+    on = base.tta if tta is None else bool(tta)
+    views = graph_views(members, on)
     single_input = groups[0] if len(groups) == 1 else None
     return {
         "format": FORMAT,
@@ -224,10 +286,15 @@ def describe(members: list[model_members.Member], facts: dict, groups: list[dict
         "weights": facts["weights"],
         "members": [{"name": m.name, "arch": m.meta.arch, "weight": m.weight, "size": m.meta.input_size,
                      "resize": m.meta.resize, "mean": list(m.meta.mean), "std": list(m.meta.std),
-                     "input": next(g["name"] for g in groups if i in g["members"])}
-                    for i, m in enumerate(members)],
-        "preprocessing": preprocessing(groups, facts),
+                     "input": next(g["name"] for g in groups if i in g["members"]),
+                     "tta_flips": list(m.meta.inference.tta_flips), "views": view_names(v)}
+                    for i, (m, v) in enumerate(zip(members, views))],
+        "preprocessing": preprocessing(groups, facts, [m.name for m in members], views),
         "tta_flips": one.inference.tta_flips if one else None,
+        "inference": replace(base, tta=on).to_dict(),
+        "tta": {"inside_graph": any(len(v) > 1 for v in views),
+                "set_by": ("the inference spec" if tta is None else "--tta" if tta else "--no-tta"),
+                "spec_tta": bool(base.tta)},
         "opset": opset,
         "exporter": "torch.onnx.export, TorchScript-based (dynamo=False)",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -310,8 +377,10 @@ def parity_pixels(folder: Path, groups: list[dict]) -> tuple[dict, str]:
 
 
 def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
-           tolerance: float = DEFAULT_TOLERANCE) -> tuple[Path, dict]:
+           tolerance: float = DEFAULT_TOLERANCE, tta: bool | None = None) -> tuple[Path, dict]:
     """Export `source` (run or ensemble folder) to ONNX, then check parity with PyTorch.
+    `tta`: whether the graph averages the mirrored views (None: as the source's inference
+    spec says).
 
     Returns (export folder, onnx.json). Raises ExportFailed (exit 1) when ONNX Runtime and
     PyTorch disagree by more than `tolerance`; the export folder is then removed, so `predict
@@ -338,16 +407,18 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
     else:
         folder = runs.new_folder(source, "export")
     try:
-        described = describe(members, facts, groups, opset, source)
+        described = describe(members, facts, groups, opset, source, tta)
+        on = described["inference"]["tta"]
         tmp = folder / (ONNX_FILE + ".tmp")
-        _export_graph(_graph(members, groups), groups, tmp, opset)
+        _export_graph(_graph(members, groups, graph_views(members, on)), groups, tmp, opset)
         _stamp(tmp, described)
         os.replace(tmp, folder / ONNX_FILE)
         _write_json(folder / META_FILE, described)
         (folder / REFERENCE_FILE).write_text(reference_source())
 
         pixels, what = parity_pixels(source, groups)
-        theirs = loader.load(source).probabilities_by_input(pixels).astype(np.float64)
+        theirs = _torch_probabilities(loader.load(source), pixels,
+                                      described["tta"]["inside_graph"]).astype(np.float64)
         ours = loader.load(folder).probabilities_by_input(pixels).astype(np.float64)
         diff = float(np.abs(theirs - ours).max())
         described["parity"] = {"max_abs_diff": diff, "tolerance": tolerance, "images": what,
@@ -361,6 +432,34 @@ def export(source: Path, out: Path | None = None, opset: int = DEFAULT_OPSET,
         raise ExportFailed(f"parity check failed: ONNX Runtime and PyTorch differ by up to {diff:.3g} "
                            f"on {what} (tolerance {tolerance:g}); export removed")
     return folder, described
+
+
+def _torch_probabilities(predictor, pixels: dict, tta: bool) -> np.ndarray:
+    """PyTorch's probabilities for the parity check, run with the graph's TTA."""
+    if hasattr(predictor, "each_member_on"):   # an ensemble (soft vote: hard ones never export)
+        return predictor.combine(predictor.each_member_on(pixels, tta))
+    return predictor.probabilities_of(pixels[predictor.inputs[0]], tta)
+
+
+def tta_said(info: dict) -> str:
+    """export's line on what TTA the graph does, and how to get the other."""
+    inside, by = info["tta"]["inside_graph"], info["tta"]["set_by"]
+    counts = [len(m["views"]) if inside else len(spec_mod.tta_views(m["tta_flips"]))
+              for m in info["members"]]
+    n = counts[0] if len(counts) == 1 else "/".join(map(str, counts))
+    mirrors = any(m["tta_flips"] for m in info["members"])
+    if inside:
+        why = "as the model's inference spec says" if by == "the inference spec" else by
+        return (f"test-time augmentation: inside the graph, the mean over {n} views ({why}); "
+                "`clfapp export --no-tta` exports the plain model")
+    if not mirrors:
+        return "test-time augmentation: none (trained without flips: no mirror to average)"
+    if info["tta"]["spec_tta"]:
+        return (f"test-time augmentation: none in the graph ({by}), although the model's "
+                f"inference spec averages {n} views: its probabilities differ from "
+                "`clfapp predict --backend torch`")
+    return (f"test-time augmentation: none, as the model's inference spec says; "
+            f"`clfapp export --tta` puts its {n} views in the graph")
 
 
 def reference_source() -> str:

@@ -13,11 +13,18 @@ FORMAT = 1
 """Changes only when a reader must read an export differently (a field an older clfapp would
 ignore and then predict wrong). Facts added for outside consumers keep it: `preprocessing`
 (every step before the graph) describes what clfapp's ONNX predictor has always done, so an
-older clfapp reads such an export correctly, and this one reads exports without it."""
+older clfapp reads such an export correctly, and this one reads exports without it.
+
+Test-time augmentation inside the graph (`inference`, `tta`, members[].views) keeps it too: the
+mirrored views are averaged by the graph itself, so any reader that feeds the graph and reads
+its output, an older clfapp included, gets the probabilities the model's spec means (an older
+clfapp refuses `--tta` with the ONNX backend, which is no wrong answer either). An older
+clfapp only cannot say that TTA ran; this one reads exports without `inference` as before
+(no TTA, an inferred spec)."""
 OUTPUT_NAME = "probabilities"
 METADATA_KEY = "clfapp"
 FLAT_KEYS = ("classes", "multi_label", "thresholds", "label_delim", "inputs", "vote", "weights",
-             "opset", "versions")
+             "inference", "opset", "versions")
 """Facts also stored one by one in the ONNX file's metadata_props, beside METADATA_KEY's whole set."""
 
 

@@ -6,9 +6,10 @@ predict and evaluate can use either. Images are decoded and resized by clfapp.im
 path training used, so the pixels are the ones the model was trained on. Needs numpy, PIL and
 onnxruntime only: no torch.
 
-No test-time augmentation: the exported graph is the plain model (an ensemble's members may
-have been trained with different mirrors, which one fused graph cannot honour); `--tta` is
-refused with the ONNX backend.
+Test-time augmentation is in the graph or not (`clfapp export --tta/--no-tta`; onnx.json
+`inference.tta`, and each member's `views`): `tta` None runs the graph as it is, and asking
+for the other (`--no-tta` of a graph with TTA inside, `--tta` of a plain graph whose model has
+mirrors) is refused with one line saying to export again with that setting.
 """
 from __future__ import annotations
 
@@ -130,6 +131,69 @@ class OnnxPredictor:
         return spec.InferenceSpec(size=size, resize=resize, thresholds=self.meta.thresholds,
                                   chosen_by="inferred", inferred=True)
 
+    # --- TTA: fixed in the graph -------------------------------------------------------------
+
+    def _members(self) -> list[dict]:
+        return [m for m in self.info.get("members") or [] if isinstance(m, dict)]
+
+    @property
+    def views(self) -> list[int]:
+        """How many views each member's part of the graph averages (1: no TTA; an export
+        from before onnx.json listed them: 1, the graph was always the plain model)."""
+        return [len(m.get("views") or ["image"]) for m in self._members()] or [1]
+
+    @property
+    def tta_inside(self) -> bool:
+        return any(n > 1 for n in self.views)
+
+    @property
+    def tta_flips(self) -> list[str] | None:
+        """A one-model export's mirrors (what `--tta` would average); None for an ensemble."""
+        members = self._members()
+        if len(members) != 1:
+            return None
+        flips = members[0].get("tta_flips", self.info.get("tta_flips"))
+        return None if flips is None else list(flips)
+
+    def _has_mirrors(self) -> bool:
+        """Whether TTA would average anything (unknown, for an old export: assume so)."""
+        members = self._members()
+        if members and all("tta_flips" in m for m in members):
+            return any(m["tta_flips"] for m in members)
+        flips = self.info.get("tta_flips")
+        return flips is None or bool(flips)
+
+    def check_tta(self, tta: bool | None) -> None:
+        """Refuse to run this graph with TTA other than the one inside it (one line)."""
+        if tta is None:
+            return
+        if tta and not self.tta_inside and self._has_mirrors():
+            raise UsageError(f"--tta: {self.folder} was exported without TTA (its graph is the "
+                             f"plain model); export again with `clfapp export {self._source()} "
+                             "--tta` to put the mirrored views in the graph, or use --backend torch")
+        if not tta and self.tta_inside:
+            n = "/".join(map(str, self.views)) if len(self.views) > 1 else self.views[0]
+            raise UsageError(f"--no-tta: {self.folder} has TTA inside its graph (the mean over "
+                             f"{n} views); export again with `clfapp export {self._source()} "
+                             "--no-tta` for the plain model, or use --backend torch")
+
+    def _source(self) -> str:
+        """The run or ensemble folder this export-N was made from (to export it again)."""
+        return str(self.folder.parent) if self.folder.name.startswith("export-") else "MODEL"
+
+    def conditions(self, tta: bool | None = None) -> dict:
+        """spec.conditions of this graph: per member for an ensemble export (as the PyTorch
+        ensemble's), else size, resize, views and precision; `tta` only as check_tta allows."""
+        self.check_tta(tta)
+        precision = self.spec.precision
+        members = self._members()
+        if self.info.get("kind") == "ensemble" and members:
+            return {"members": {m["name"]: {"size": int(m["size"]), "resize": m["resize"],
+                                            "views": n, "precision": precision}
+                                for m, n in zip(members, self.views)}}
+        size, resize = self.inputs[0]
+        return {"size": size, "resize": resize, "views": self.views[0], "precision": precision}
+
     @property
     def classes(self) -> list[str]:
         return self.meta.classes
@@ -143,12 +207,11 @@ class OnnxPredictor:
         """Probabilities for decoded images given per input ({(size, resize): N x S x S x 3})."""
         return self.probabilities_of([pixels[key] for key in self.inputs], bs=bs)
 
-    def probabilities_of(self, pixels, tta: bool = False, bs: int = INFER_BS) -> np.ndarray:
+    def probabilities_of(self, pixels, tta: bool | None = None, bs: int = INFER_BS) -> np.ndarray:
         """Probabilities for decoded images: one N x S x S x 3 uint8 array per graph input
-        (a list, in onnx.json's input order; a bare array for a one-input graph)."""
-        if tta:
-            raise UsageError("--tta is not available with the ONNX backend (the exported graph "
-                             "is the plain model); use the PyTorch backend for TTA")
+        (a list, in onnx.json's input order; a bare array for a one-input graph). `tta` None:
+        the graph as it is (with the TTA inside it or none); other than the graph: refused."""
+        self.check_tta(tta)
         arrays = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
         if len(arrays) != len(self.meta.inputs):
             raise ValueError(f"{len(self.meta.inputs)} input arrays expected, got {len(arrays)}")
@@ -161,12 +224,11 @@ class OnnxPredictor:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate(out)
 
-    def probabilities(self, paths: list[str], tta: bool = False, bs: int = INFER_BS,
+    def probabilities(self, paths: list[str], tta: bool | None = None, bs: int = INFER_BS,
                       workers: int = 0, progress: bool = True):
         """(probs N'xC, kept indices into `paths`); unreadable images are skipped with a warning.
-        (`workers`, `progress`: accepted for predict.Predictor's interface.)"""
-        if tta:
-            self.probabilities_of([], tta=True)  # the refusal, worded once
+        `tta` as probabilities_of. (`workers`, `progress`: for predict.Predictor's interface.)"""
+        self.check_tta(tta)
         out, kept = [], []
         for start in range(0, len(paths), bs):
             pixels, ok = decode_per_input(paths[start:start + bs], self.inputs)

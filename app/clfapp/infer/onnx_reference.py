@@ -31,7 +31,8 @@ The steps, in order (onnx.json's `preprocessing` states the same):
    and pads with black (`ImageOps.pad`, centred).
 5. uint8 H x W x 3 -> float32 3 x H x W, divided by 255 (float32).
 
-The mean/std normalisation, the softmax (single-label) or sigmoid (multi-label) and, for an
+The mean/std normalisation, the softmax (single-label) or sigmoid (multi-label), test-time
+augmentation when the export has it (the mean over mirrored views; onnx.json `tta`) and, for an
 ensemble, the weighted mean of its members are inside the graph: do not apply them again.
 
 Run as a script (needs onnxruntime too): `python preprocess.py IMAGE...` prints each image's

@@ -137,7 +137,11 @@ def split_digest(splits_csv) -> str:
 def conditions(predictor, tta: bool | None = None) -> dict:
     """What probabilities of `predictor` are produced under, with `tta` (None: its spec's):
     {"size", "resize", "views", "precision"} for one model, {"members": {name: ...}} for an
-    ensemble. Thresholds record this as `thresholds_under`; equal conditions, equal numbers."""
+    ensemble. Thresholds record this as `thresholds_under`; equal conditions, equal numbers.
+    An ONNX export says its own (its views are fixed in the graph, per member for an ensemble)."""
+    own = getattr(predictor, "conditions", None)
+    if callable(own):
+        return own(tta)
     members = getattr(predictor, "members", None)
     if members:
         return {"members": {name: conditions(m, tta) for name, m in zip(predictor.names, members)}}
