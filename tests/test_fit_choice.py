@@ -208,3 +208,29 @@ def test_fit_plans_the_budget_with_the_candidates(tmp_path, tiny_data, cli, monk
     assert result.exit_code == 2 and "planned" in result.output
     assert seen["views"] == 2 and seen["pixel_ratio"] == 4.0
     assert seen["n_choice_items"] > 0 and seen["other_ratios"] == 1.0
+
+
+# --- --full and tune --------------------------------------------------------------------------------
+
+def test_full_ships_the_weights_average_as_the_estimate_did(tmp_path, tiny_data, cli, monkeypatch):
+    """train.ema: the estimate validates and ships the moving average; --full's final model
+    must too (it shipped the last epoch's raw weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from clfapp.models import callbacks
+    made = []
+
+    class Recorded(callbacks.WeightEMA):
+        def __init__(self, decay):
+            super().__init__(decay)
+            made.append(self)
+    monkeypatch.setattr(callbacks, "WeightEMA", Recorded)
+    monkeypatch.chdir(tmp_path)
+    write_recipe(tmp_path / "t.toml", "data/shapes", train={"epochs": 2, "ema": 0.9})
+    result = cli("fit", "t.toml", "--name", "f", "--full")
+    assert result.exit_code == 0, result.output
+    assert len(made) == 2, "the estimate's average and the final training's"
+    shipped = load_file(str(tmp_path / "runs" / "f" / "model" / "weights.safetensors"))
+    average = made[-1].ema.module.state_dict()
+    assert all(torch.equal(shipped[k], average[k].float()) for k in shipped if k in average)
