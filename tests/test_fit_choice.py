@@ -234,3 +234,28 @@ def test_full_ships_the_weights_average_as_the_estimate_did(tmp_path, tiny_data,
     shipped = load_file(str(tmp_path / "runs" / "f" / "model" / "weights.safetensors"))
     average = made[-1].ema.module.state_dict()
     assert all(torch.equal(shipped[k], average[k].float()) for k in shipped if k in average)
+
+
+def test_tunes_objective_is_the_shipped_figure(tmp_path, cli, monkeypatch):
+    """A finished trial reports its model as shipped (metrics.json's validation figure at the
+    chosen configuration), not its best epoch's per-epoch figure."""
+    import optuna
+    monkeypatch.chdir(tmp_path)
+    make_folder_dataset(tmp_path / "data" / "shapes", n_per_class=8)
+    recipe = write_recipe(tmp_path / "tiny.toml", "data/shapes", train={"epochs": 2}, **AUTO)
+    recipe.write_text(recipe.read_text() + '\n[tune]\n"train.lr" = [1e-2]\n')
+
+    def rigged(predictor, pixels, options):   # every candidate says class 0: a known figure
+        n = len(next(iter(pixels.values())))
+        return {k: _onehot(np.zeros(n, dtype=int)) for k in options}
+    monkeypatch.setattr(choice, "measured", rigged)
+    result = cli("tune", str(recipe), "--trials", "1", "--pruner", "none")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tune-tiny",
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tune-tiny' / 'study.db'}")
+    trial = study.trials[0]
+    m = json.loads((tmp_path / "runs" / "tune-tiny" / "trial-0" / "metrics.json").read_text())
+    print("trial value", trial.value, "shipped", m["accuracy"], "best epoch's",
+          trial.user_attrs["value_at_best_epoch"])
+    assert trial.value == m["accuracy"] == m["inference"]["chosen"]["accuracy"]
+    assert trial.value != trial.user_attrs["value_at_best_epoch"]
