@@ -125,8 +125,9 @@ def lines(record: dict, n: int) -> list[str]:
     """report.md's lines: the candidates measured, the chosen and the formula's."""
     name, chosen, formula = record["metric"], record["chosen"], record["formula"]
 
-    head = (f"Shipped configuration, chosen on the validation split ({n} images) by {name}: "
-            f"{said(chosen)}, {name} {chosen[name]:.4f}")
+    tie = "the lower log loss" if record["tiebreak"] == "log_loss" else "the higher mAP"
+    head = (f"Shipped configuration, chosen on the validation split ({n} images) by {name} "
+            f"(ties: {tie}, then the cheaper): {said(chosen)}, {name} {chosen[name]:.4f}")
     def same(a, b):
         return a is not None and (a["size"], a["tta"]) == (b["size"], b["tta"])
 
