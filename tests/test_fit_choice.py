@@ -234,6 +234,11 @@ def test_full_ships_the_weights_average_as_the_estimate_did(tmp_path, tiny_data,
     shipped = load_file(str(tmp_path / "runs" / "f" / "model" / "weights.safetensors"))
     average = made[-1].ema.module.state_dict()
     assert all(torch.equal(shipped[k], average[k].float()) for k in shipped if k in average)
+    # and the estimate's chosen size and TTA come along
+    final, estimate = (json.loads((tmp_path / "runs" / "f" / d / "model.json").read_text())["inference"]
+                       for d in ("model", "model-valid"))
+    assert {k: v for k, v in final.items() if k != "trained_on"} == \
+        {k: v for k, v in estimate.items() if k != "trained_on"}
 
 
 def test_tunes_objective_is_the_shipped_figure(tmp_path, cli, monkeypatch):
