@@ -133,12 +133,16 @@ def test_the_budget_reserves_for_the_larger_test_images():
 def test_an_automatic_test_size_lands_in_model_json_and_config_keeps_the_rule(tmp_path, tiny_data, cli,
                                                                               monkeypatch):
     """config.toml keeps 0 (auto), so the run's config given another data.size follows it;
-    model.json holds the value predict uses."""
+    the formula's size is a candidate the end of fit measures, and model.json holds the size
+    it chose (predict's)."""
     monkeypatch.chdir(tmp_path)
     write_recipe(tmp_path / "t.toml", "data/shapes", data={"size": 64}, aug={"min_scale": 0.08})
     result = cli("fit", "t.toml", "--name", "auto")
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "auto"
     assert "test size 96 px" in result.output    # 64 x 1.62, the nearest multiple of 32
-    assert json.loads((run / "model" / "model.json").read_text())["inference"]["size"] == 96
+    chosen = json.loads((run / "metrics.json").read_text())["inference"]
+    assert {r["size"] for r in chosen["candidates"]} == {64, 96}
+    assert json.loads((run / "model" / "model.json").read_text())["inference"]["size"] == \
+        chosen["chosen"]["size"]
     assert "test_size = 0" in (run / "config.toml").read_text()

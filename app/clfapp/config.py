@@ -47,9 +47,11 @@ class DataConfig:
     size: int = 224
     """Square input size in pixels."""
     test_size: int = 0
-    """Input size predict, evaluate and the end of fit use (model.json test_size); 0 = auto:
-    data.size scaled by how much training's crops and zoom enlarged objects (infer/test_size.py,
-    FixRes), which is data.size itself without crops."""
+    """Input size predict and evaluate use (model.json inference.size). Given, it is the only
+    size; 0 = auto: a formula proposes data.size scaled by how much training's crops and zoom
+    enlarged objects (infer/test_size.py, FixRes; data.size itself without crops), and the end
+    of fit measures the model at it and at data.size on validation and ships the better
+    (infer/choice.py)."""
     resize: str = "squish"
     """How images are brought to `size`: squish | crop (centre) | pad."""
     sample: str = ""
@@ -90,10 +92,12 @@ class AugConfig:
     """fastai's `Contrast`, its own range in [0, 1) (0 = off); on top of `max_lighting`'s.
     The four colour knobs fire with probability `p_lighting`, on training batches only."""
     tta: bool = False
-    """Test-time augmentation by default: the end of fit measures the saved model with it, and
-    the bundle records it (model.json `tta`) as what predict and evaluate do unless told
-    --no-tta: the mean over the image and every combination of the mirrors it was trained
-    with (tta_flips; with flip_vert the 8 turns and mirrors of the square)."""
+    """true: TTA is a candidate, kept when it measures better. The end of fit measures the saved
+    model with and without it on validation (infer/choice.py) and the bundle records the
+    choice (model.json inference.tta) as what predict and evaluate do unless told --tta /
+    --no-tta. TTA: the mean over the image and every combination of the mirrors it was
+    trained with (tta_flips; with flip_vert the 8 turns and mirrors of the square).
+    false: never TTA by default."""
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,23 @@ class Predictor:
                 probs = probs + self._activate(self.model(_mirrored(x, view)))
         return probs / len(views)
 
+    def probabilities_per_view(self, pixels: np.ndarray, tta: bool = True,
+                               bs: int = INFER_BS) -> list[np.ndarray]:
+        """Probabilities of decoded images (N x S x S x 3 uint8) in each TTA view, the image
+        itself first (only it when `tta` is off): fit's choice of the shipped configuration
+        (infer/choice.py) runs each view once and averages them as `forward` does."""
+        import torch
+        views = tta_views(self.tta_flips) if tta else [()]
+        x_all = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        out = [[] for _ in views]
+        with torch.inference_mode():
+            for i in range(0, len(x_all), bs):
+                x = self.normalise(x_all[i:i + bs].float() / 255.0).contiguous(
+                    memory_format=torch.channels_last)
+                for k, view in enumerate(views):
+                    out[k].append(self._activate(self.model(_mirrored(x, view) if view else x)).numpy())
+        return [np.concatenate(o) if o else np.zeros((0, len(self.classes)), np.float32) for o in out]
+
     def _say_no_tta(self) -> None:
         if not self._told_no_tta:
             print("note: --tta does nothing for this model: it was trained without flips, so "

@@ -12,7 +12,8 @@ told to differ (`--no-tta`) says so: the figure a user reads is the model they s
     trained_on       which items of the run's splits.csv trained it: train | train+valid
     split_digest     sha256 (16 hex) of that splits.csv when it was written
     chosen_by        how size and TTA were settled: measurement (fit scored the candidates on
-                     validation), data.test_size / aug (set in the config), inferred
+                     validation, infer/choice.py), data.test_size / aug (the config left one
+                     candidate), members (an ensemble), inferred
     inferred         true when read from a file written before the spec existed: its values
                      are what such files always meant, not a record
 

@@ -1,5 +1,6 @@
-"""The size a model is measured and used at: larger than it was trained at, when training's
-crops and zoom showed it objects larger than a whole resized image does (FixRes).
+"""The test size a model may be used at: larger than it was trained at, when training's crops
+and zoom showed it objects larger than a whole resized image does (FixRes). A proposal only:
+the end of fit measures it against the training size on validation (infer/choice.py).
 
 Training crops a random part of the image (aug.min_scale) and zooms in (aug.max_zoom), then
 resizes the result to data.size, so on average an object fills more of the input than it does
@@ -45,7 +46,8 @@ def test_size_for(cfg) -> int:
 
 
 def resolved(cfg, model) -> tuple[int, str]:
-    """(test size, the line saying why, or "") for a run about to train `model`.
+    """(test size, the line saying why, or "") for a run about to train `model`: the size the
+    end of fit measures beside data.size (infer/choice.py), or the only one when explicit.
 
     One forward pass of a blank image at that size checks the net takes it: an arch with a
     fixed input grid (a ViT's patch embedding) keeps data.size when the size was automatic,
@@ -66,6 +68,7 @@ def resolved(cfg, model) -> tuple[int, str]:
                       "size, so the larger one training's crops call for is not used")
     if cfg.data.test_size:
         return chosen, f"test size {chosen} px (data.test_size), trained at {size} px"
-    return chosen, (f"test size {chosen} px: training's crops and zoom show objects "
+    return chosen, (f"candidate test size {chosen} px: training's crops and zoom show objects "
                     f"{magnification(cfg.aug):.2f}x larger than a whole {size} px image does "
-                    "(FixRes; --set data.test_size to choose)")
+                    f"(FixRes); the end of fit measures it against {size} px on validation "
+                    "(--set data.test_size to fix one)")

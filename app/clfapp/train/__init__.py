@@ -305,11 +305,19 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
     elif t.budget:  # epochs planned from the measured speed to end within it (budget.py)
         from . import budget
         ds = prep.dataset
+        from ..infer import choice
         from ..infer.predict import tta_flips_for, tta_views
+        # the end measures every candidate of the shipped configuration on validation (each
+        # size in every view), then the chosen one on the test split (infer/choice.py)
+        options = choice.candidates(cfg.data.size, prep.test_size or cfg.data.size,
+                                    bool(cfg.data.test_size), cfg.aug.tta, tta_flips_for(cfg.aug))
+        ratios = sorted((s / cfg.data.size) ** 2 for s in {s for s, _ in options})
         plan = budget.plan(learn, t, lr, bool(prep.weights_source), t0 if started is None else started,
                            len(ds.indices("valid")) + int((ds.items["split"] == "test").sum()),
-                           views=len(tta_views(tta_flips_for(cfg.aug))) if cfg.aug.tta else 1,
-                           pixel_ratio=(prep.test_size / cfg.data.size) ** 2)
+                           views=max(len(tta_views(tta_flips_for(cfg.aug))) if tta else 1
+                                     for _, tta in options),
+                           pixel_ratio=ratios[-1], n_choice_items=len(ds.indices("valid")),
+                           other_ratios=sum(ratios[:-1]))
         if plan.changes:
             t = replace(t, **plan.changes)
             cfg = replace(cfg, train=replace(cfg.train, **plan.changes))
@@ -397,15 +405,17 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     optimistic; with a held-out test split the headline figures (top level of metrics.json,
     report.md, the summary) are the saved bundle's on it, and validation moves under "valid".
     """
-    from ..infer import spec, thresholds
+    from ..infer import choice, spec, thresholds
     from ..infer.predict import Predictor, tta_flips_for
 
     learn, ds = prep.learn, prep.dataset
+    flips = tta_flips_for(cfg.aug)
+    test_size = prep.test_size or cfg.data.size
+    options = choice.candidates(cfg.data.size, test_size, bool(cfg.data.test_size), cfg.aug.tta, flips)
     inference = spec.InferenceSpec(
-        size=prep.test_size, resize=cfg.data.resize, tta=cfg.aug.tta,
-        tta_flips=tta_flips_for(cfg.aug), trained_on=spec.TRAIN,
-        split_digest=spec.split_digest(folder / "splits.csv"),
-        chosen_by="data.test_size" if cfg.data.test_size else "formula")
+        size=test_size, resize=cfg.data.resize, tta=cfg.aug.tta, tta_flips=flips,
+        trained_on=spec.TRAIN, split_digest=spec.split_digest(folder / "splits.csv"),
+        chosen_by=_chosen_by(cfg, options))
     meta = bundle.BundleMeta(
         arch=cfg.model.arch, classes=list(ds.classes), size=cfg.data.size,
         mean=list(prep.arch.mean), std=list(prep.arch.std), inference=inference,
@@ -413,16 +423,31 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
         pretrained_from=prep.weights_source, head_hidden=cfg.model.head_hidden,
         cut_blocks=cfg.model.cut_blocks, multi_label=ds.multi_label, label_delim=ds.delim)
     bundle.save(folder / "model", _contiguous(learn.model.float()), meta)
-    valid, pixels = _valid_at(ds, meta)
     predictor = Predictor(folder)
-    probs = predictor.probabilities_of(pixels)   # as its spec says
+    # the shipped configuration, measured: each candidate size and TTA on validation, in fp32
+    # as the bundle runs (infer/choice.py); the formula's test size and aug.tta only propose
+    valid, by_size = _valid_at(ds, sorted({s for s, _ in options}), cfg.data.resize, cfg.data.size)
     y = ds.targets(valid)
+    views = {(s, t): len(spec.tta_views(flips)) if t else 1 for s, t in options}
+    chosen = choice.choose(choice.measured(predictor, by_size, options), y, ds.multi_label, views,
+                           (test_size, bool(cfg.aug.tta and flips)), cfg.thresholds.metric,
+                           cfg.thresholds.mode, list(ds.classes))
+    chosen.record["chosen_by"] = inference.chosen_by
+    predictor.meta.inference.size, predictor.meta.inference.tta = chosen.size, chosen.tta
+    bundle.write_meta(folder / "model", predictor.meta)   # what predict, evaluate & co. run
+    meta, pixels, probs = predictor.meta, by_size[chosen.size], chosen.probs
+    if len(options) > 1:
+        c = chosen.record["chosen"]
+        print(f"shipped configuration, measured on validation: {choice.said(c)}, "
+              f"{chosen.record['metric']} {c[chosen.record['metric']]:.4f} (of {len(options)} "
+              "candidates; metrics.json `inference`)", flush=True)
     (folder / "plots").mkdir(exist_ok=True)
     if (folder / "results.csv").exists():
         report.curves_png(folder / "results.csv", folder / "plots" / "curves.png")
     seconds = time.perf_counter() - t0
     sizes = (f"{cfg.data.size} px" if meta.input_size == cfg.data.size
-             else f"trained at {cfg.data.size} px, measured at {meta.input_size} px (data.test_size)")
+             else f"trained at {cfg.data.size} px, measured at {meta.input_size} px ("
+             + ("data.test_size" if cfg.data.test_size else "chosen on validation") + ")")
     summary = (f"Recipe `{cfg.recipe}`, arch `{cfg.model.arch}`, {sizes}, lr {lr:.2e}, "
                f"best epoch {keep.best_epoch} by {cfg.train.monitor}, {seconds:.0f} s"
                + (f" (training {stopped} early)" if stopped else "")
@@ -430,7 +455,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
                   f"image and every combination of its {', '.join(meta.inference.tta_flips)} mirrors)"
                   if meta.inference.tta else "") + ".")
     run_info = dict(best_epoch=keep.best_epoch, seconds=round(seconds, 1),
-                    interrupted=stopped in ("interrupted", "terminated"), stopped=stopped)
+                    interrupted=stopped in ("interrupted", "terminated"), stopped=stopped,
+                    inference=chosen.record)
     from .reproducible import record
     run_info["reproducibility"] = record(cfg)   # seeds, deterministic, threads, versions
     if prep.class_weights:
@@ -449,7 +475,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     m = dict(head, **run_info, split=split, split_note=report.split_note(split, ds.multi_label))
     if test:
         m["valid"] = dict(valid_m, at_0_5=valid_before) if valid_before else valid_m
-    extra = [summary, "", f"Measured on the {m['split_note']}.", ""]
+    extra = [summary, "", *choice.lines(chosen.record, len(valid)),
+             f"Measured on the {m['split_note']}.", ""]
     if budget is not None:  # how train.budget was spent (budget.Plan)
         from .budget import report_line
         m["budget"] = budget.record(keep.seen)
@@ -467,20 +494,44 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     return FitResult(folder, m, keep.best_epoch, seconds, stopped, lr)
 
 
-def _valid_at(ds, meta) -> tuple[np.ndarray, np.ndarray]:
-    """(validation indices, their pixels at the bundle's input size): training's decoded
-    pixels when that is the training size, else decoded again at the test size (a few ms an
-    image); an image gone unreadable since is left out, with a warning."""
+def _chosen_by(cfg, options) -> str:
+    """model.json's inference.chosen_by: measurement when fit had candidates to measure, else
+    the config key that left a single one."""
+    if len(options) > 1:
+        return "measurement"
+    return "data.test_size" if cfg.data.test_size else "aug"
+
+
+def _valid_at(ds, sizes: list[int], resize: str, trained: int) -> tuple[np.ndarray, dict]:
+    """(validation indices, {size: their pixels}) for each candidate size: training's decoded
+    pixels at the training size `trained`, the others decoded again (a few ms an image); an
+    image gone unreadable since is left out at every size, with a warning, so every
+    candidate is measured on the same items."""
     from ..data import images
     valid = ds.indices("valid")
-    if meta.input_size == meta.size:
-        return valid, ds.pixels[valid]
+    keep = np.ones(len(valid), dtype=bool)
+    decoded = {}
     paths = ds.items["path"].iloc[valid].tolist()
-    pixels, ok = images.read_many(paths, meta.input_size, meta.resize, progress=False)
-    if len(ok) < len(valid):
-        print(f"warning: {len(valid) - len(ok)} validation image(s) could not be read again at "
-              f"{meta.input_size} px; measured without them", file=sys.stderr)
-    return valid[ok], pixels
+    for size in sizes:
+        if size == trained:
+            continue
+        pixels, ok = images.read_many(paths, size, resize, progress=False)
+        ok = np.asarray(ok, dtype=int)
+        decoded[size] = (pixels, ok)
+        here = np.zeros(len(valid), dtype=bool)
+        here[ok] = True
+        keep &= here
+    if not keep.all():
+        print(f"warning: {int((~keep).sum())} validation image(s) could not be read again at "
+              f"{', '.join(str(s) for s in decoded)} px; measured without them", file=sys.stderr)
+    out = {}
+    for size in sizes:
+        if size in decoded:
+            pixels, ok = decoded[size]
+            out[size] = pixels[keep[ok]]
+        else:
+            out[size] = ds.pixels[valid[keep]]
+    return valid[keep], out
 
 
 def _contiguous(model):

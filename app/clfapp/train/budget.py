@@ -2,7 +2,8 @@
 wall-time budget, and stop cleanly if it would not.
 
 The budget counts from the moment the `fit` command started (data decoding, the model build and
-an LR finder are spent from it) to its end (saving the bundle, measuring it, the report).
+an LR finder are spent from it) to its end (saving the bundle, measuring every candidate of the
+shipped configuration on validation and the chosen one on the test split, the report).
 
 1. `measure`: a few real training steps on the real learner (two warm-up, then up to four
    timed, the batches' loading and augmentation included), then a few validation batches; the
@@ -91,11 +92,17 @@ def epoch_seconds(s_per_batch: float, valid_s: float, n_train: int, n_valid: int
 
 
 def reserve_seconds(valid_s_per_item: float, n_eval_items: int, views: int = 1,
-                    pixel_ratio: float = 1.0) -> float:
+                    pixel_ratio: float = 1.0, n_choice_items: int = 0,
+                    other_ratios: float = 0.0) -> float:
     """What the end of fit costs: measuring the saved bundle on the validation (and test)
     images, each seen in `views` views with TTA (aug.tta), at `pixel_ratio` times the
-    training size's pixels (data.test_size), plus fixed costs (END_FIXED_S)."""
-    return END_FIXED_S + (END_PASSES - 1 + views) * valid_s_per_item * n_eval_items * pixel_ratio
+    training size's pixels (the largest candidate size), plus fixed costs (END_FIXED_S).
+    The choice of the shipped configuration (infer/choice.py) also runs the `n_choice_items`
+    validation images in every view at each other candidate size: `other_ratios`, the sum of
+    their pixel ratios."""
+    return END_FIXED_S + valid_s_per_item * (
+        (END_PASSES - 1 + views) * n_eval_items * pixel_ratio
+        + views * n_choice_items * other_ratios)
 
 
 def plan_epochs(frozen: int, main: int, frozen_epoch_s: float, main_epoch_s: float,
@@ -419,11 +426,14 @@ def _progressive(learn):
 
 
 def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: int,
-         views: int = 1, pixel_ratio: float = 1.0) -> Plan:
+         views: int = 1, pixel_ratio: float = 1.0, n_choice_items: int = 0,
+         other_ratios: float = 0.0) -> Plan:
     """Measure, then choose the epochs (see the module's docstring); prints the plan's line.
-    `views`: how many times the end sees each image (TTA), `pixel_ratio`: (test size /
-    training size)^2. Raises UsageError when not even one epoch fits in what is left of the
-    budget."""
+    `views`: how many times the end sees each image (TTA), `pixel_ratio`: (largest candidate
+    test size / training size)^2; `n_choice_items`, `other_ratios`: the validation images the
+    end's choice also runs at the other candidate sizes, and the sum of those sizes' pixel
+    ratios (`reserve_seconds`). Raises UsageError when not even one epoch fits in what is
+    left of the budget."""
     from . import schedules
 
     text, budget_s = t.budget, budget_seconds(t.budget)
@@ -434,7 +444,7 @@ def plan(learn, t, lr: float, pretrained: bool, started: float, n_eval_items: in
     frozen_e = (epoch_seconds(speeds.frozen_s, speeds.valid_s, n_train, n_valid, speeds.overhead_s)
                 if speeds.frozen_s is not None else main_e)
     reserve = reserve_seconds(speeds.valid_s * n_valid / valid_items, n_eval_items, views,
-                              pixel_ratio)
+                              pixel_ratio, n_choice_items, other_ratios)
     spent = time.perf_counter() - started
     available = budget_s - spent - reserve
     if pretrained:

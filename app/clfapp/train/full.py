@@ -5,7 +5,8 @@
 2. A second model, same config, seed, schedule and epochs, and the LR the first one used (the
    finder's if `lr = auto`), trains on every non-test item (train + valid). Early stopping is
    off and no best epoch is chosen: nothing unseen is left to choose on, so the LAST epoch is
-   kept. It becomes `model/`; its epochs go to `results_full.csv`.
+   kept (with train.ema, the weights' moving average, as the estimate kept it). It becomes
+   `model/`; its epochs go to `results_full.csv`.
 
 fastai's loop needs a validation set: the second training is given the former validation
 items as a placeholder. They are also in its training set, so the valid_* columns of
@@ -13,8 +14,9 @@ results_full.csv are figures on images it trains on: a sanity check, never an es
 nothing is chosen on them). The test split, when there is one, is not touched until the final
 model is measured on it once, at the end.
 
-Multi-label thresholds are those tuned on validation in the first training (copied into the
-final bundle): the final model has no unseen validation data to tune them on. Its model.json
+The inference spec the estimate chose on validation (input size, TTA; infer/choice.py) and
+its multi-label thresholds are copied into the final bundle: the final model has no unseen
+validation data to choose or tune them on. Its model.json
 says `trained_on = "train+valid"`: `evaluate`, `thresholds`, `compare` and `ensemble` then
 refuse the run's validation split as evidence (or measure on its test split).
 """
@@ -76,7 +78,7 @@ def fit_full(cfg: Config, folder: Path):
 def retrain(cfg: Config, folder: Path, first, ds0: data.Dataset):
     from . import FitResult, Terminated, _check_vocab, _contiguous, _sigterm_as_interrupt, \
         monitor_name, prepare, schedules
-    from ..models.callbacks import CPUBFloat16, ResultsCSV, StopOnNonFinite
+    from ..models.callbacks import CPUBFloat16, ResultsCSV, StopOnNonFinite, WeightEMA
 
     t0 = time.perf_counter()
     cfg = replace(cfg, train=replace(cfg.train, lr=first.lr, early_stop=0))
@@ -92,11 +94,13 @@ def retrain(cfg: Config, folder: Path, first, ds0: data.Dataset):
     nan_guard = StopOnNonFinite()
     results = folder / "results_full.csv"
     results.unlink(missing_ok=True)
+    # train.ema: the estimate shipped the weights' moving average; so does the final model
+    ema = WeightEMA(t.ema) if t.ema else None
     stopped = ""
     try:
         with _sigterm_as_interrupt():
             schedules.run(learn, t, first.lr, bool(prep.weights_source),
-                          [ResultsCSV(results), nan_guard], plateau_monitor=(
+                          [ResultsCSV(results), nan_guard] + ([ema] if ema else []), plateau_monitor=(
                               "train_loss" if t.schedule == "plateau" else
                               monitor_name(t.monitor, ds.multi_label)))
     except Terminated:
@@ -112,6 +116,8 @@ def retrain(cfg: Config, folder: Path, first, ds0: data.Dataset):
               f"model in {folder / 'model'}", flush=True)
         return replace(first, stopped=stopped)
 
+    if ema is not None and ema.ema is not None:   # the last epoch's average, as the estimate kept
+        learn.model.load_state_dict(ema.ema.module.state_dict())
     # Save the final bundle beside, then swap: model/ is whole at every moment.
     meta = bundle.read_meta(folder / "model")  # thresholds tuned on validation come along
     meta = replace(meta, pretrained_from=prep.weights_source, versions={}, created="",

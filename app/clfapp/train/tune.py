@@ -16,7 +16,10 @@ The search space is the recipe's [tune] table: dotted keys are config keys, each
 {low = ..., high = ..., log = true, step = ...} (numeric keys only); plain keys are the study's
 settings (config.TuneConfig). Every key and value is checked, and a config built with it, before
 the first trial. Each trial is `train.fit` on images decoded once per study (once per input size
-and resize method the space tries) and is reported to the pruner after every epoch.
+and resize method the space tries) and is reported to the pruner after every epoch (pruning
+stays per epoch). A finished trial's objective is the figure of its model as shipped: the end
+of fit measures the kept epoch at each candidate size and TTA in fp32 and ships the better
+(infer/choice.py); that configuration's validation figure is what the study maximises.
 """
 from __future__ import annotations
 
@@ -494,8 +497,30 @@ def _run_trial(trial, base: Config, params: list[Param], folder: Path, dataset_f
         print(f"trial {trial.number} {why} after {len(cb.seconds)} of {planned_epochs(cfg)} epochs "
               f"({column} {value:.4f} at its best epoch), {seconds:.0f} s", flush=True)
         raise optuna.TrialPruned()
-    print(f"trial {trial.number}: {column} {value:.4f} (epoch {result.best_epoch}), {seconds:.0f} s", flush=True)
-    return value
+    shipped = shipped_value(result.metrics, column)
+    trial.set_user_attr("shipped", shipped)
+    print(f"trial {trial.number}: {column} {shipped:.4f} as shipped ({_said(result.metrics)}; "
+          f"{value:.4f} at epoch {result.best_epoch}), {seconds:.0f} s", flush=True)
+    return shipped
+
+
+def shipped_value(m: dict, column: str) -> float:
+    """A finished trial's objective: the monitored figure of the model as the end of fit ships
+    it (the size and TTA it chose on validation, fp32; multi-label at its tuned thresholds),
+    on the validation split: metrics.json's validation figures (under "valid" when the data
+    has a test split, never the test figures). valid_loss: the chosen configuration's log
+    loss (infer/choice.py)."""
+    if column == "valid_loss":
+        return float(m["inference"]["chosen"]["log_loss"])
+    valid = m["valid"] if m.get("split") == "test" else m
+    return float(valid[column])
+
+
+def _said(m: dict) -> str:
+    c = (m.get("inference") or {}).get("chosen")
+    if not c:
+        return "as trained"
+    return f"{c['size']} px, " + (f"TTA over {c['views']} views" if c["tta"] else "no TTA")
 
 
 def _best_value(results_csv: Path, column: str, best_epoch: int | None) -> float:
@@ -578,7 +603,8 @@ def leaderboard(study, params: list[Param], column: str) -> list[dict]:
         if t.state.name == "WAITING":
             continue
         a = t.user_attrs
-        value = a.get("value_at_best_epoch", t.value)   # pruned: its best epoch, not its last
+        # finished: the shipped figure (its objective); pruned: its best epoch's, not its last
+        value = t.value if t.state.name == "COMPLETE" else a.get("value_at_best_epoch", t.value)
         row = {"trial": t.number, "state": t.state.name.lower(), column: value,
                "best_epoch": a.get("best_epoch"), "epochs": a.get("epochs_run"),
                "planned": a.get("epochs_planned"), "seconds": a.get("seconds"),
