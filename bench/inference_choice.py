@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--budget", default="8m", help="fit --budget of the plants and idl runs")
     ap.add_argument("--only", help="only the runs whose name contains this")
     args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: the shared datasets are needed")
     if args.phase == "fit":
@@ -91,7 +92,79 @@ def main() -> None:
 
 
 def score(out: Path, only: str | None) -> None:
-    raise SystemExit("score: not written yet")
+    rows = []
+    for run in sorted(Path("runs").glob("ic-*")):
+        if (only and only not in run.name) or not (run / "model").is_dir():
+            continue
+        rows.append(score_run(run))
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    print("\n" + df.to_string(index=False))
+    print(f"\nmean gain on the test splits (chosen - formula): {df['gain'].mean():+.4f}; "
+          f"worst: {df['gain_images'].min():+.1f} images ({df.loc[df['gain_images'].idxmin(), 'run']})")
+
+
+def _truth(items, meta):
+    from clfapp import data
+    if meta.multi_label:
+        return data.label_matrix(items["labels"], meta.classes, meta.label_delim)
+    return data.class_indices(items["label"], meta.classes)
+
+
+def score_run(run: Path) -> dict:
+    """Choose on the run's validation split as fit's last step does (infer/choice.py), then
+    score the chosen and the formula's configuration on its test split, which neither the
+    best epoch nor the choice saw."""
+    from clfapp import config
+    from clfapp.data import images, splits
+    from clfapp.infer import choice, metrics
+    from clfapp.infer.predict import Predictor
+    from clfapp.infer.spec import tta_flips_for, tta_views
+    from clfapp.infer.test_size import auto_test_size
+
+    cfg = config.from_file(run / "config.toml")
+    predictor = Predictor(run)
+    meta = predictor.meta
+    flips = tta_flips_for(cfg.aug)
+    formula_size = cfg.data.test_size or auto_test_size(cfg.data.size, cfg.aug)
+    options = choice.candidates(cfg.data.size, formula_size, bool(cfg.data.test_size),
+                                cfg.aug.tta, flips)
+    views = {(s, t): len(tta_views(flips)) if t else 1 for s, t in options}
+    formula = (formula_size, bool(cfg.aug.tta and flips))
+    items = splits.read(run / "splits.csv")
+    measured = {}
+    for part in ("valid", "test"):
+        rows = items[items["split"] == part].reset_index(drop=True)
+        pixels, kept = {}, None
+        for size in sorted({s for s, _ in options}):
+            pixels[size], ok = images.read_many(rows["path"].tolist(), size, cfg.data.resize,
+                                                progress=False)
+            assert kept is None or list(ok) == list(kept), "an image read at one size only"
+            kept = ok
+        measured[part] = (choice.measured(predictor, pixels, options), _truth(rows.iloc[kept], meta))
+    probs, y = measured["valid"]
+    picked = choice.choose(probs, y, meta.multi_label, views, formula, cfg.thresholds.metric,
+                           cfg.thresholds.mode, meta.classes)
+    rec = {(r["size"], r["tta"]): r for r in picked.record["candidates"]}
+    chosen = (picked.size, picked.tta)
+    test_probs, test_y = measured["test"]
+    n = len(test_y)
+
+    def on_test(key):
+        p = test_probs[key]
+        if meta.multi_label:   # at the thresholds searched for that candidate on validation
+            return metrics.multi_label(p, test_y, meta.classes, rec[key]["thresholds"])[cfg.thresholds.metric]
+        return float((p.argmax(axis=1) == test_y).mean())
+
+    name = cfg.thresholds.metric if meta.multi_label else "accuracy"
+    c, f = on_test(chosen), on_test(formula)
+    # one image's worth of the figure: 1/n for accuracy; for micro-F1 an image's share of
+    # the label decisions, about 1/n too (each image carries a similar number of labels)
+    return {"run": run.name, "metric": name, "n_valid": len(y), "n_test": n,
+            "chosen": choice.said(rec[chosen]), "formula": choice.said(rec[formula]),
+            "valid_chosen": round(rec[chosen][name], 4), "valid_formula": round(rec[formula][name], 4),
+            "test_chosen": round(c, 4), "test_formula": round(f, 4),
+            "gain": round(c - f, 4), "gain_images": round((c - f) * n, 1)}
 
 
 if __name__ == "__main__":
