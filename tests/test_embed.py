@@ -1,6 +1,7 @@
 """`clfapp embed`: penultimate-layer features (the input of the last Linear layer) to .npy + index."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import torch
 from clfapp import models
 from clfapp.data import images
 from clfapp.infer import bundle
-from clfapp.infer import embed as em
 
 from conftest import COLOURS, TINY_ARCH, assert_usage_error, make_folder_dataset
 
@@ -133,6 +133,8 @@ def test_an_unreadable_image_is_skipped_and_named(cli, tmp_path, data):
 
 
 def test_interrupted_then_resumed_equals_one_run(cli, tmp_path, data, monkeypatch):
+    from clfapp.infer import embed as em
+
     run = _bundle(tmp_path / "run")
     whole = cli("embed", run, data, "--out", tmp_path / "whole", "--bs", "4")
     assert whole.exit_code == 0, whole.output
@@ -173,6 +175,27 @@ def test_interrupted_then_resumed_equals_one_run(cli, tmp_path, data, monkeypatc
     pd.testing.assert_frame_equal(a, pd.read_csv(tmp_path / "emb.csv"))
 
 
+def test_a_parquet_index_when_pyarrow_is_installed_else_one_line(cli, tmp_path, data):
+    run = _bundle(tmp_path / "run")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = cli("embed", run, data, "--out", out / "emb.parquet", "--bs", "4")
+    if importlib.util.find_spec("pyarrow") is None:
+        assert_usage_error(r, "pyarrow", "CSV index")
+        assert list(out.iterdir()) == []
+        return
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["emb.meta.json", "emb.npy", "emb.parquet"]
+    index = pd.read_parquet(out / "emb.parquet")
+    assert index["row"].tolist() == list(range(9))
+    np.testing.assert_allclose(np.load(out / "emb.npy"), _direct(run, index["path"].tolist()),
+                               atol=1e-5, rtol=0)
+    again = cli("embed", run, data, "--out", out / "emb.parquet", "--resume")
+    assert again.exit_code == 0 and "9 rows kept, 0 of 9" in again.output, again.output
+    pd.testing.assert_frame_equal(index, pd.read_parquet(out / "emb.parquet"))
+    assert sorted(p.name for p in out.iterdir()) == ["emb.meta.json", "emb.npy", "emb.parquet"]
+
+
 def test_bad_input_is_one_line_and_leaves_no_file(cli, tmp_path, data):
     run = _bundle(tmp_path / "run")
     out = tmp_path / "out" / "emb"
@@ -192,7 +215,6 @@ def test_bad_input_is_one_line_and_leaves_no_file(cli, tmp_path, data):
     assert_usage_error(cli("embed", run, data, "--out", out, "--bs", "0"), "--bs")
     assert_usage_error(cli("embed", run, data, "--out", out, "--bs=-3"), "--bs")
     assert_usage_error(cli("embed", export, data, "--out", out), "ONNX", "exported from")
-    assert_usage_error(cli("embed", run, data, "--out", out.with_suffix(".parquet")), "parquet")
     r = cli("embed", run, unreadable, "--out", out)
     assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1].startswith(
         "error: none of the images could be read")

@@ -13,7 +13,7 @@ from ..config import INFER_BS, INFER_WORKERS
 @common.command
 def embed(model: Annotated[str, typer.Argument(help="Run folder (or its name under runs/) or ensemble folder whose features are taken. An ONNX export is refused: give the folder it was exported from.")],
           paths: Annotated[list[str], typer.Argument(help="Images, folders (recursive), or .txt/.csv lists of paths.", show_default=False)],
-          out: Annotated[Path, typer.Option("--out", help="Output name FILE: writes FILE.npy (float32 N x D), FILE.csv (row, path) and FILE.meta.json (what wrote them).", show_default=False)],
+          out: Annotated[Path, typer.Option("--out", help="Output name FILE: writes FILE.npy (float32 N x D), FILE.csv (row, path) and FILE.meta.json (what wrote them); FILE.parquet: the index as parquet (needs pyarrow).", show_default=False)],
           bs: Annotated[int, typer.Option("--bs", help="Batch size.")] = INFER_BS,
           workers: Annotated[int, typer.Option("--workers", help="Processes decoding images ahead of the model (0: decode in this one).")] = INFER_WORKERS,
           resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: keep the rows already written to FILE and embed only the files not in them (refused when another model wrote them).")] = False):

@@ -58,21 +58,47 @@ UNCOMPARED = ("model",)
 
 
 def outputs(out) -> tuple[Path, Path, Path]:
-    """(FILE.npy, FILE.csv, FILE.meta.json) for `--out FILE` (a .npy suffix is FILE's own).
-    FILE ending in .parquet asks for a parquet index, which needs pyarrow."""
+    """(FILE.npy, the index, FILE.meta.json) for `--out FILE`: the index is FILE.csv, or
+    FILE.parquet when FILE ends in .parquet (which needs pyarrow); a .npy or .csv suffix is
+    FILE's own."""
     out = Path(out)
-    if out.suffix.lower() == ".parquet":
+    suffix = out.suffix.lower()
+    if suffix == ".parquet":
         import importlib.util
         if importlib.util.find_spec("pyarrow") is None:
             raise UsageError(f"--out {out}: a parquet index needs pyarrow, which is not "
                              "installed; leave out .parquet for a CSV index, or pip install "
                              "pyarrow")
-        raise UsageError(f"--out {out}: the parquet index is not written yet; leave out "
-                         ".parquet for a CSV index")
-    if out.suffix.lower() in (".npy", ".csv"):
+    if suffix in (".npy", ".csv", ".parquet"):
         out = out.with_suffix("")
-    return (out.with_name(out.name + ".npy"), out.with_name(out.name + ".csv"),
+    index = ".parquet" if suffix == ".parquet" else ".csv"
+    return (out.with_name(out.name + ".npy"), out.with_name(out.name + index),
             out.with_name(out.name + ".meta.json"))
+
+
+def _csv_to_parquet(source: Path, target: Path) -> None:
+    """The index rows (row, path) of a CSV as a parquet file, batch by batch."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    schema = pa.schema([("row", pa.int64()), ("path", pa.string())])
+    reader = pcsv.open_csv(source, convert_options=pcsv.ConvertOptions(
+        column_types={"row": pa.int64(), "path": pa.string()}))
+    tmp = target.with_name(target.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+    os.replace(tmp, target)
+
+
+def _parquet_to_csv(source: Path, target: Path) -> None:
+    """A finished parquet index back as the CSV rows a resume appends to, batch by batch."""
+    import pyarrow.parquet as pq
+    with open(target, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["row", "path"])
+        for batch in pq.ParquetFile(source).iter_batches(columns=["row", "path"]):
+            w.writerows(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
 
 
 def part(path: Path) -> Path:
@@ -206,7 +232,9 @@ class Sink:
     """FILE.npy.part (a memory-mapped array) + FILE.csv.part (row, path) + FILE.meta.json."""
 
     def __init__(self, out, record: dict, dim: int, resume: bool):
-        self.npy, self.csv, self.meta = outputs(out)
+        self.npy, self.index, self.meta = outputs(out)
+        self.csv = self.npy.with_suffix(".csv")
+        """The index as it is written: part(self.csv) holds CSV rows until `finish`."""
         self.record, self.dim = record, dim
         self.done: set[str] = set()
         self.rows = 0
@@ -221,11 +249,10 @@ class Sink:
     # starting and resuming
 
     def _resumable(self) -> bool:
-        have_part = part(self.csv).exists() or part(self.npy).exists()
-        have_done = self.csv.exists() and self.npy.exists()
-        if not (have_part or have_done):
+        parts = [part(p) for p in (self.npy, self.csv, self.meta)]
+        if not (any(p.exists() for p in parts) or (self.index.exists() and self.npy.exists())):
             return False
-        meta = part(self.meta) if have_part else self.meta
+        meta = part(self.meta) if part(self.meta).exists() else self.meta
         try:
             before = json.loads(meta.read_text())
         except (OSError, ValueError):
@@ -238,8 +265,16 @@ class Sink:
             raise UsageError(f"--resume: {self.npy.with_suffix('')} was written with "
                              f"{'; '.join(diff[:2])}; resume with the same model, or leave out "
                              "--resume")
-        if not have_part:   # finished earlier: add the files not in it
-            for p in (self.npy, self.csv, self.meta):
+        # finished earlier (or killed while renaming): the finished files become parts again,
+        # and the files not in them are added
+        if not part(self.csv).exists() and self.index.exists():
+            if self.index != self.csv:
+                _parquet_to_csv(self.index, part(self.csv))
+                self.index.unlink()
+            else:
+                os.replace(self.csv, part(self.csv))
+        for p in (self.npy, self.meta):
+            if not part(p).exists() and p.exists():
                 os.replace(p, part(p))
         return True
 
@@ -327,8 +362,13 @@ class Sink:
                                  "leave out --resume")
             f.write(header)
             f.truncate(self.offset + 4 * self.dim * self.rows)
-        for p in (self.npy, self.csv, self.meta):   # the record last: it vouches for the rows
-            os.replace(part(p), p)
+        os.replace(part(self.npy), self.npy)
+        if self.index != self.csv:
+            _csv_to_parquet(part(self.csv), self.index)
+            part(self.csv).unlink()
+        else:
+            os.replace(part(self.csv), self.csv)
+        os.replace(part(self.meta), self.meta)   # the record last: it vouches for the rows
 
     def discard(self) -> None:
         """Nothing was embedded (or the run failed before a row): remove what this made."""
