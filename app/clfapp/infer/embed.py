@@ -398,6 +398,7 @@ def run(embedder: Embedder, files: list[str], sink: Sink, bs: int = INFER_BS, wo
 
     t0 = time.perf_counter()
     written, skipped = 0, []
+    sink.reserve(len(files))   # the array's room at once (cut to the rows written at the end)
     bar = progress_bar(range(len(files))) if progress and len(files) > 3 * bs else None
     if bar is not None:
         bar.update(0)
