@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = Path(sys.executable).parent / "clfapp"
 BASE = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "clfapp"]
-COMMANDS = [[], ["fit"], ["lr-find"], ["evaluate"], ["predict"], ["recipes"], ["data"],
+COMMANDS = [[], ["fit"], ["lr-find"], ["evaluate"], ["predict"], ["embed"], ["recipes"], ["data"],
             ["data", "sample"], ["ensemble"], ["compare"], ["export"], ["distill"], ["thresholds"],
             ["tune"]]
 

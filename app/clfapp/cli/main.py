@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from . import compare, data, ensemble, evaluate, fit, lr_find, predict, recipes, runs, thresholds
+from . import (compare, data, embed, ensemble, evaluate, fit, lr_find, predict, recipes, runs,
+               thresholds)
 from . import export as export_cmd
 from . import distill as distill_cmd
 from . import tune as tune_cmd
@@ -21,6 +22,7 @@ app.command("thresholds")(thresholds.thresholds)
 app.command("ensemble")(ensemble.ensemble)
 app.command("distill")(distill_cmd.distill)
 app.command("compare")(compare.compare)
+app.command("embed")(embed.embed)
 app.command("tune")(tune_cmd.tune)
 app.command("recipes")(recipes.recipes)
 app.command("runs")(runs.runs)
