@@ -111,12 +111,45 @@ def _truth(items, meta):
     return data.class_indices(items["label"], meta.classes)
 
 
+def _measure(predictor, items, options, cfg, meta) -> dict:
+    """{"valid" | "test": ({candidate: probabilities}, truth)} of the run's bundle."""
+    from clfapp.data import images
+    from clfapp.infer import choice
+
+    measured = {}
+    for part in ("valid", "test"):
+        rows = items[items["split"] == part].reset_index(drop=True)
+        pixels, kept = {}, None
+        for size in sorted({s for s, _ in options}):
+            pixels[size], ok = images.read_many(rows["path"].tolist(), size, cfg.data.resize,
+                                                progress=False)
+            assert kept is None or list(ok) == list(kept), "an image read at one size only"
+            kept = ok
+        measured[part] = (choice.measured(predictor, pixels, options), _truth(rows.iloc[kept], meta))
+    return measured
+
+
+def _cached(run: Path, options, compute) -> dict:
+    """The measured probabilities, kept beside the run (bench-choice.pkl): scoring again with
+    another rule costs no forward pass. Recomputed when the weights are newer."""
+    import pickle
+    cache = run / "bench-choice.pkl"
+    weights = run / "model" / "weights.safetensors"
+    if cache.is_file() and cache.stat().st_mtime > weights.stat().st_mtime:
+        stored = pickle.loads(cache.read_bytes())   # written by this script, beside the run
+        if stored["options"] == options:
+            return stored["measured"]
+    measured = compute()
+    cache.write_bytes(pickle.dumps({"options": options, "measured": measured}))
+    return measured
+
+
 def score_run(run: Path) -> dict:
     """Choose on the run's validation split as fit's last step does (infer/choice.py), then
     score the chosen and the formula's configuration on its test split, which neither the
     best epoch nor the choice saw."""
     from clfapp import config
-    from clfapp.data import images, splits
+    from clfapp.data import splits
     from clfapp.infer import choice, metrics
     from clfapp.infer.predict import Predictor
     from clfapp.infer.spec import tta_flips_for, tta_views
@@ -132,16 +165,7 @@ def score_run(run: Path) -> dict:
     views = {(s, t): len(tta_views(flips)) if t else 1 for s, t in options}
     formula = (formula_size, bool(cfg.aug.tta and flips))
     items = splits.read(run / "splits.csv")
-    measured = {}
-    for part in ("valid", "test"):
-        rows = items[items["split"] == part].reset_index(drop=True)
-        pixels, kept = {}, None
-        for size in sorted({s for s, _ in options}):
-            pixels[size], ok = images.read_many(rows["path"].tolist(), size, cfg.data.resize,
-                                                progress=False)
-            assert kept is None or list(ok) == list(kept), "an image read at one size only"
-            kept = ok
-        measured[part] = (choice.measured(predictor, pixels, options), _truth(rows.iloc[kept], meta))
+    measured = _cached(run, options, lambda: _measure(predictor, items, options, cfg, meta))
     probs, y = measured["valid"]
     picked = choice.choose(probs, y, meta.multi_label, views, formula, cfg.thresholds.metric,
                            cfg.thresholds.mode, meta.classes)
@@ -164,7 +188,8 @@ def score_run(run: Path) -> dict:
             "chosen": choice.said(rec[chosen]), "formula": choice.said(rec[formula]),
             "valid_chosen": round(rec[chosen][name], 4), "valid_formula": round(rec[formula][name], 4),
             "test_chosen": round(c, 4), "test_formula": round(f, 4),
-            "gain": round(c - f, 4), "gain_images": round((c - f) * n, 1)}
+            "gain": round(c - f, 4), "gain_images": round((c - f) * n, 1),
+            "p_better": {choice.said(r): r.get("p_better") for r in picked.record["candidates"]}}
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ class DataConfig:
     """Input size predict and evaluate use (model.json inference.size). Given, it is the only
     size; 0 = auto: a formula proposes data.size scaled by how much training's crops and zoom
     enlarged objects (infer/test_size.py, FixRes; data.size itself without crops), and the end
-    of fit measures the model at it and at data.size on validation and ships the better
-    (infer/choice.py)."""
+    of fit measures the model at it and at data.size on validation and ships another than the
+    proposal only when it measures better with confidence (infer/choice.py)."""
     resize: str = "squish"
     """How images are brought to `size`: squish | crop (centre) | pad."""
     sample: str = ""
@@ -92,10 +92,10 @@ class AugConfig:
     """fastai's `Contrast`, its own range in [0, 1) (0 = off); on top of `max_lighting`'s.
     The four colour knobs fire with probability `p_lighting`, on training batches only."""
     tta: bool = False
-    """true: TTA is a candidate, kept when it measures better. The end of fit measures the saved
-    model with and without it on validation (infer/choice.py) and the bundle records the
-    choice (model.json inference.tta) as what predict and evaluate do unless told --tta /
-    --no-tta. TTA: the mean over the image and every combination of the mirrors it was
+    """true: TTA is proposed, and dropped when no TTA measures better with confidence. The end
+    of fit measures the saved model with and without it on validation (infer/choice.py) and
+    the bundle records the choice (model.json inference.tta) as what every command does
+    unless told --tta / --no-tta. TTA: the mean over the image and every combination of the mirrors it was
     trained with (tta_flips; with flip_vert the 8 turns and mirrors of the square).
     false: never TTA by default."""
 

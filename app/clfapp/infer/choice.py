@@ -7,11 +7,17 @@ leaves TTA out. Each candidate is the kept epoch's saved bundle run as it would 
 (fp32, the Predictor), on the validation split. Each size's views are computed once: no TTA is
 the image itself, TTA the mean of every view, so the cost is sizes x views forward passes.
 
-The score is the figure the run reports: single-label accuracy, ties broken by the lower log
-loss; multi-label the thresholds' metric (thresholds.metric) at thresholds searched for that
-candidate, ties broken by the higher mAP. Where these agree to 4 decimals the cheaper
-candidate wins (fewer views, then the smaller size). On two small folders the formula alone
-shipped 160 px where 128 px measured 10 points better (catdog 0.775 at 128, 0.675 at 160).
+The score is the figure the run reports: single-label accuracy, multi-label the thresholds'
+metric (thresholds.metric) at thresholds searched for that candidate. The proposal (the
+formula's test size, TTA as aug.tta says) is shipped unless another candidate measures better
+with confidence: better in at least CONFIDENCE of paired bootstrap resamples of the validation
+images. A validation split of a few dozen images moves by several images between two runs
+of the same model, so the plain maximum chased noise: on a 45-image split it preferred no TTA
+by 3 images and lost 3 on the 67 held-out ones (bench/inference_choice.py). Among confident
+winners the best figure wins, ties broken by the lower log loss (single-label) or the higher
+mAP (multi-label), then the cheaper (fewer views, then the smaller size). On two small folders
+the formula alone shipped 160 px where 128 px measured 10 points better (catdog 0.775 at 128,
+0.675 at 160): a gap that size on a hundred images passes the test.
 
 numpy only: the measured probabilities come from the predictor handed in.
 """
@@ -26,6 +32,10 @@ from . import thresholds as thresholds_mod
 
 DECIMALS = 4
 """Figures equal to this many decimals are a tie (the cheaper candidate wins)."""
+CONFIDENCE = 0.9
+"""A candidate replaces the proposal when it scores higher in this share of the resamples."""
+RESAMPLES = 1000
+"""Paired bootstrap resamples of the validation images (seeded: the choice is reproducible)."""
 
 
 @dataclass
@@ -107,13 +117,43 @@ def choose(probs: dict, y: np.ndarray, multi_label: bool, views: dict, formula: 
         tie = (r["map"] if r["map"] is not None else 0.0) if multi_label else -r["log_loss"]
         return (round(r[name], DECIMALS), round(tie, DECIMALS), -r["views"], -r["size"])
 
-    best = max(rows, key=key)
-    chosen = (best["size"], best["tta"])
     formula_row = next((r for r in rows if (r["size"], r["tta"]) == tuple(formula)), None)
+    if formula_row is None:   # the proposal was not measurable (e.g. a size the arch refuses)
+        best = max(rows, key=key)
+    else:
+        base = _scorer(probs[tuple(formula)], y, multi_label, name, formula_row.get("thresholds"))
+        for r in rows:
+            if r is not formula_row:
+                r["p_better"] = win_rate(_scorer(probs[(r["size"], r["tta"])], y, multi_label,
+                                                 name, r.get("thresholds")), base, len(y))
+        confident = [r for r in rows if r.get("p_better", 0.0) >= CONFIDENCE]
+        best = max(confident, key=key) if confident else formula_row
+    chosen = (best["size"], best["tta"])
     record = {"metric": name, "tiebreak": "map" if multi_label else "log_loss",
               "chosen_by": "measurement" if len(rows) > 1 else "config",
+              "rule": (f"the proposal unless a candidate scores higher in {CONFIDENCE:.0%} of "
+                       f"{RESAMPLES} paired bootstrap resamples of the validation images"),
               "chosen": best, "formula": formula_row, "candidates": rows}
     return Choice(chosen[0], chosen[1], probs[chosen], searches.get(chosen), record)
+
+
+def _scorer(p: np.ndarray, y: np.ndarray, multi_label: bool, name: str, thresholds):
+    """idx (R x n resampled rows) -> R figures of candidate probabilities `p`: accuracy, or the
+    multi-label metric at the candidate's own thresholds."""
+    if multi_label:
+        pred = p >= np.asarray(thresholds)
+        return lambda idx: np.array([metrics.f1(y[i], pred[i], name) for i in idx])
+    correct = p.argmax(axis=1) == np.asarray(y)
+    return lambda idx: correct[idx].mean(axis=1)
+
+
+def win_rate(candidate, proposal, n: int, seed: int = 0) -> float:
+    """The share of paired bootstrap resamples of the n validation images (the same resamples
+    for both) in which `candidate` scores strictly higher than `proposal` (scorers of `_scorer`)."""
+    if n == 0:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
+    return float(np.mean(candidate(idx) > proposal(idx)))
 
 
 def said(r: dict) -> str:
@@ -125,26 +165,29 @@ def lines(record: dict, n: int) -> list[str]:
     """report.md's lines: the candidates measured, the chosen and the formula's."""
     name, chosen, formula = record["metric"], record["chosen"], record["formula"]
 
-    tie = "the lower log loss" if record["tiebreak"] == "log_loss" else "the higher mAP"
-    head = (f"Shipped configuration, chosen on the validation split ({n} images) by {name} "
-            f"(ties: {tie}, then the cheaper): {said(chosen)}, {name} {chosen[name]:.4f}")
     def same(a, b):
         return a is not None and (a["size"], a["tta"]) == (b["size"], b["tta"])
 
+    head = (f"Shipped configuration, measured on the validation split ({n} images) by {name}: "
+            f"{said(chosen)}, {name} {chosen[name]:.4f}")
     if formula is not None and not same(formula, chosen):
-        head += (f"; the formula's ({said(formula)}, test size from training's crops and "
-                 f"aug.tta) {formula[name]:.4f}")
-    elif formula is not None:
-        head += "; the formula's configuration (test size from training's crops, aug.tta) is the same"
+        head += (f"; the proposal ({said(formula)}: test size from training's crops, aug.tta) "
+                 f"{formula[name]:.4f}, beaten in {chosen.get('p_better', 0):.0%} of paired "
+                 "bootstrap resamples")
+    elif formula is not None and len(record["candidates"]) > 1:
+        head += (f" (the proposal: test size from training's crops, aug.tta; no candidate scored "
+                 f"higher in {CONFIDENCE:.0%} of paired bootstrap resamples)")
     out = [head + ".", ""]
     if len(record["candidates"]) > 1:
         tie = record["tiebreak"]
-        out += [f"| size | TTA | views | {name} | {tie} | |", "|---|---|---|---|---|---|"]
+        out += [f"| size | TTA | views | {name} | {tie} | higher than the proposal in | |",
+                "|---|---|---|---|---|---|---|"]
         for r in record["candidates"]:
             mark = ", ".join(w for w, on in (("chosen", same(r, chosen)),
-                                             ("formula", same(formula, r))) if on)
-            t = r[tie]
+                                             ("proposal", same(formula, r))) if on)
+            t, b = r[tie], r.get("p_better")
             out.append(f"| {r['size']} | {'yes' if r['tta'] else 'no'} | {r['views']} | "
-                       f"{r[name]:.4f} | {'' if t is None else f'{t:.4f}'} | {mark} |")
+                       f"{r[name]:.4f} | {'' if t is None else f'{t:.4f}'} | "
+                       f"{'' if b is None else f'{b:.0%}'} | {mark} |")
         out.append("")
     return out
