@@ -1,6 +1,6 @@
 """Near-duplicates: which signature and which rule find planted copies.
 
-    python bench/near_duplicates.py [--copies 300] [--work /tmp/clfapp-bench-dups] [--no-features]
+    python bench/near_duplicates.py [--copies 300] [--work /tmp/clfapp-bench-dups] [--no-features] [--seed 0]
 
 The originals: plant seedlings train/ + valid/ (150 px JPEG; train/ holds two exact-duplicate
 groups) and CIFAR-10 test/ (32 px PNG), read from ../shared/datasets and never copied into the
@@ -38,7 +38,7 @@ def plant(originals: list[str], n: int, work: Path, seed: int = 0) -> list[tuple
     plants = [p for p in originals if "plant_seedlings" in p]
     cifar = [p for p in originals if "cifar10" in p]
     chosen = list(rng.choice(plants, n // 2, replace=False)) + list(rng.choice(cifar, n - n // 2, replace=False))
-    out = work / "copies"
+    out = work / ("copies" if seed == 0 else f"copies-seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
     pairs = []
     for k, src in enumerate(chosen):
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=300)
     ap.add_argument("--work", default="/tmp/clfapp-bench-dups")
     ap.add_argument("--no-features", action="store_true", help="skip the pretrained features")
+    ap.add_argument("--seed", type=int, default=0, help="which copies are planted, and how altered")
     args = ap.parse_args()
     if not DATASETS.is_dir():
         sys.exit(f"{DATASETS} not found: this bench needs the shared datasets")
@@ -152,7 +153,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     originals = [str(p) for p in find_images(DATASETS / "plant_seedlings")] + \
                 [str(p) for p in find_images(DATASETS / "cifar10_png" / "test")]
-    planted = plant(originals, args.copies, work)
+    planted = plant(originals, args.copies, work, args.seed)
     paths = originals + [c for _, c in planted]
     t0 = time.perf_counter()
     exact = nd.exact_groups(paths)
