@@ -43,18 +43,15 @@ def plant(originals: list[str], n: int, work: Path, seed: int = 0) -> list[tuple
     pairs = []
     for k, src in enumerate(chosen):
         dst = out / f"copy{k:04d}.jpg"
-        if not dst.exists():
-            with Image.open(src) as img:
-                img = img.convert("RGB")
-                f = rng.uniform(0.9, 1.1)
-                w, h = max(8, round(img.width * f)), max(8, round(img.height * f))
+        with Image.open(src) as img:  # the same draws whether the copy is made now or was before
+            img = img.convert("RGB")
+            f = rng.uniform(0.9, 1.1)
+            w, h = max(8, round(img.width * f)), max(8, round(img.height * f))
+            cw, ch = round(0.05 * w), round(0.05 * h)
+            x0, y0 = int(rng.integers(0, cw + 1)), int(rng.integers(0, ch + 1))
+            if not dst.exists():
                 img = img.resize((w, h), Image.Resampling.BICUBIC)
-                cw, ch = round(0.05 * w), round(0.05 * h)
-                x0, y0 = int(rng.integers(0, cw + 1)), int(rng.integers(0, ch + 1))
-                img = img.crop((x0, y0, x0 + w - cw, y0 + h - ch))
-                img.save(dst, quality=50)
-        else:
-            rng.uniform(0.9, 1.1), rng.integers(0, 2), rng.integers(0, 2)  # same draws as a fresh run
+                img.crop((x0, y0, x0 + w - cw, y0 + h - ch)).save(dst, quality=50)
         pairs.append((str(src), str(dst)))
     return pairs
 
