@@ -7,7 +7,8 @@ gives (issue 24): chosen on validation, scored on items the choice never saw.
 `fit` trains one run per dataset, each with a test split that neither the best epoch nor the
 inference choice sees: plant seedlings with a seeded half of valid/ marked `test` (a label CSV
 with a split column beside links to the shared folders), idl and the three folders of
-bench/small_folders.py with data.test_pct = 0.3 (idl 0.2).
+bench/small_folders.py with data.test_pct = 0.3 (idl 0.2; the folders twice, data.seed 42 and
+1), and the CIFAR-10 subset (its test/ folder).
 
 `score` reads each run: the candidates fit measured on validation (metrics.json
 `inference.candidates`, its choice `inference.chosen`), and measures on the test split the
@@ -60,6 +61,10 @@ def jobs(out: Path, budget: str) -> dict[str, list[str]]:
             "ic-idl": ["idl", "--set", "data.test_pct=0.2", *b]}
     for name, folder in build(out / "small").items():
         runs[f"ic-{name}"] = [str(folder), "--set", "data.test_pct=0.3"]
+        # the same folders split again: another validation and test draw
+        runs[f"ic-{name}-seed1"] = [str(folder), "--set", "data.test_pct=0.3", "--set", "data.seed=1"]
+    # CIFAR-10's subset: its test/ folder is the held-out split
+    runs["ic-cifar10"] = [str(SHARED / "cifar10_png"), *b]
     return runs
 
 
@@ -102,6 +107,8 @@ def score(out: Path, only: str | None) -> None:
     print("\n" + df.to_string(index=False))
     print(f"\nmean gain on the test splits (chosen - formula): {df['gain'].mean():+.4f}; "
           f"worst: {df['gain_images'].min():+.1f} images ({df.loc[df['gain_images'].idxmin(), 'run']})")
+    print(f"the plain maximum instead: mean gain {(df['plain_max_gain_images'] / df['n_test']).mean():+.4f}; "
+          f"worst: {df['plain_max_gain_images'].min():+.1f} images")
 
 
 def _truth(items, meta):
@@ -182,6 +189,12 @@ def score_run(run: Path) -> dict:
 
     name = cfg.thresholds.metric if meta.multi_label else "accuracy"
     c, f = on_test(chosen), on_test(formula)
+    # what the plain maximum on validation (no confidence test) would have shipped
+    tie = "map" if meta.multi_label else "log_loss"
+    plain = max(rec, key=lambda k: (round(rec[k][name], 4),
+                                    round(rec[k][tie] if tie == "map" else -rec[k][tie], 4),
+                                    -rec[k]["views"], -rec[k]["size"]))
+    m = on_test(plain)
     # one image's worth of the figure: 1/n for accuracy; for micro-F1 an image's share of
     # the label decisions, about 1/n too (each image carries a similar number of labels)
     return {"run": run.name, "metric": name, "n_valid": len(y), "n_test": n,
@@ -189,6 +202,8 @@ def score_run(run: Path) -> dict:
             "valid_chosen": round(rec[chosen][name], 4), "valid_formula": round(rec[formula][name], 4),
             "test_chosen": round(c, 4), "test_formula": round(f, 4),
             "gain": round(c - f, 4), "gain_images": round((c - f) * n, 1),
+            "plain_max": choice.said(rec[plain]), "test_plain_max": round(m, 4),
+            "plain_max_gain_images": round((m - f) * n, 1),
             "p_better": {choice.said(r): r.get("p_better") for r in picked.record["candidates"]}}
 
 

@@ -57,7 +57,7 @@ def test_a_gain_within_the_noise_keeps_the_proposal():
                       {(32, True): 2, (32, False): 1}, formula=(32, True))
     assert (c.size, c.tta) == (32, True)
     assert 0.5 < c.record["candidates"][1]["p_better"] < choice.CONFIDENCE
-    assert "no candidate scored higher in 90%" in "\n".join(choice.lines(c.record, 45))
+    assert "no candidate scored higher in 95%" in "\n".join(choice.lines(c.record, 45))
 
 
 def test_among_confident_winners_the_lower_log_loss_then_the_cheaper():
