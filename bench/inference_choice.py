@@ -151,6 +151,16 @@ def _cached(run: Path, options, compute) -> dict:
     return measured
 
 
+def _fit_chose(run: Path) -> str:
+    """What the run's own fit shipped (metrics.json `inference`), for runs fitted since fit
+    chooses; "" for older runs (the choice above is then this script's alone)."""
+    record = json.loads((run / "metrics.json").read_text()).get("inference")
+    if not record or "chosen" not in record:
+        return ""
+    from clfapp.infer import choice
+    return choice.said(record["chosen"])
+
+
 def score_run(run: Path) -> dict:
     """Choose on the run's validation split as fit's last step does (infer/choice.py), then
     score the chosen and the formula's configuration on its test split, which neither the
@@ -202,6 +212,7 @@ def score_run(run: Path) -> dict:
             "valid_chosen": round(rec[chosen][name], 4), "valid_formula": round(rec[formula][name], 4),
             "test_chosen": round(c, 4), "test_formula": round(f, 4),
             "gain": round(c - f, 4), "gain_images": round((c - f) * n, 1),
+            "fit_chose": _fit_chose(run),
             "plain_max": choice.said(rec[plain]), "test_plain_max": round(m, 4),
             "plain_max_gain_images": round((m - f) * n, 1),
             "p_better": {choice.said(r): r.get("p_better") for r in picked.record["candidates"]}}
