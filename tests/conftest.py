@@ -181,3 +181,29 @@ def as_older_model_json(raw: dict, fmt: int = 3) -> dict:
                test_size=0 if inf["size"] == raw["size"] else inf["size"],
                thresholds=inf["thresholds"], trained_on=inf["trained_on"], format=fmt)
     return raw
+
+
+def make_tiny_bundle(folder: Path, *, seed: int = 0, size: int = 24, tta_flips=(),
+                     tta: bool = False, head_hidden: str = "") -> Path:
+    """An untrained TINY_ARCH model over COLOURS with non-trivial BatchNorm statistics (a few
+    training-mode passes of noise), saved as the bundle of run folder `folder`; its inference
+    spec runs at `size` with `tta_flips` (checked as model.json's are) and `tta`."""
+    import torch
+
+    from clfapp import models
+    from clfapp.infer import bundle, spec
+
+    torch.manual_seed(seed)
+    arch = models.resolve(TINY_ARCH)
+    model, _ = models.build(arch, len(COLOURS), 0.0, True, head_hidden=head_hidden)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, size, size))
+    inference = spec.InferenceSpec(size=size, resize="squish", tta=tta,
+                                   tta_flips=spec.checked_flips(list(tta_flips)))
+    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=size,
+                             mean=list(arch.mean), std=list(arch.std), dropout=0.0,
+                             head_hidden=head_hidden, inference=inference)
+    bundle.save(folder / "model", model.eval(), meta)
+    return folder

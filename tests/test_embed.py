@@ -10,27 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from clfapp import models
 from clfapp.data import images
 from clfapp.infer import bundle
 
-from conftest import COLOURS, TINY_ARCH, assert_usage_error, make_folder_dataset
+from conftest import COLOURS, assert_usage_error, make_folder_dataset, make_tiny_bundle
 
 
 def _bundle(folder: Path, seed: int = 0, size: int = 24, head_hidden: str = "") -> Path:
-    """An untrained tiny model with non-trivial BatchNorm statistics, saved as a run's bundle."""
-    torch.manual_seed(seed)
-    arch = models.resolve(TINY_ARCH)
-    model, _ = models.build(arch, len(COLOURS), 0.0, True, head_hidden=head_hidden)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, size, size))
-    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=size,
-                             mean=list(arch.mean), std=list(arch.std), dropout=0.0,
-                             head_hidden=head_hidden)
-    bundle.save(folder / "model", model.eval(), meta)
-    return folder
+    """An untrained tiny model saved as a run's bundle."""
+    return make_tiny_bundle(folder, seed=seed, size=size, head_hidden=head_hidden)
 
 
 def _ensemble(folder: Path, runs: dict[str, Path]) -> Path:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import COLOURS, TINY_ARCH, assert_usage_error, make_folder_dataset
+from conftest import COLOURS, assert_usage_error, make_folder_dataset, make_tiny_bundle
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -23,25 +22,8 @@ DIHEDRAL = ["horizontal", "vertical"]   # read as the 3 mirrors (transpose added
 
 
 def _bundle(folder: Path, tta_flips, tta: bool, size: int = SIZE, seed: int = 0) -> Path:
-    """An untrained tiny model (non-trivial BatchNorm statistics) saved as a run folder whose
-    inference spec runs TTA or not, with a splits.csv naming validation images for parity."""
-    from clfapp import models
-    from clfapp.infer import bundle, spec
-    from clfapp.infer.spec import InferenceSpec
-
-    torch.manual_seed(seed)
-    arch = models.resolve(TINY_ARCH)
-    model, _ = models.build(arch, len(COLOURS), 0.0, True)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, size, size))
-    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=size,
-                             mean=list(arch.mean), std=list(arch.std), dropout=0.0,
-                             inference=InferenceSpec(size=size, resize="squish", tta=tta,
-                                                     tta_flips=spec.checked_flips(tta_flips)))
-    bundle.save(folder / "model", model.eval(), meta)
-    return folder
+    """An untrained tiny model saved as a run folder whose inference spec runs TTA or not."""
+    return make_tiny_bundle(folder, seed=seed, size=size, tta_flips=tta_flips, tta=tta)
 
 
 def _splits(run: Path, data: Path) -> None:

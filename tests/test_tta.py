@@ -13,31 +13,16 @@ from clfapp.infer import bundle
 
 from clfapp.data import images
 
-from clfapp import models
 from clfapp.config import AugConfig
 from clfapp.infer.predict import Predictor, tta_flips_for
 
-from conftest import COLOURS, TINY_ARCH, as_older_model_json, make_folder_dataset
-from clfapp.infer import spec
-from clfapp.infer.spec import InferenceSpec
+from conftest import as_older_model_json, make_folder_dataset, make_tiny_bundle
 
 SIZE = 24
 
 
 def _bundle(folder: Path, tta_flips) -> Path:
-    """An untrained tiny model with non-trivial BatchNorm statistics, saved as a bundle."""
-    torch.manual_seed(0)
-    arch = models.resolve(TINY_ARCH)
-    model, _ = models.build(arch, len(COLOURS), 0.0, True)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, SIZE, SIZE))
-    meta = bundle.BundleMeta(arch=TINY_ARCH, classes=sorted(COLOURS), size=SIZE,
-                             mean=list(arch.mean), std=list(arch.std), dropout=0.0,
-                             inference=InferenceSpec(tta_flips=spec.checked_flips(tta_flips)))
-    bundle.save(folder / "model", model.eval(), meta)
-    return folder
+    return make_tiny_bundle(folder, size=SIZE, tta_flips=tta_flips)
 
 
 class CountingModel(torch.nn.Module):
