@@ -63,9 +63,11 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def image_features(paths: list[str], feature_fn: FeatureFn | None = None, size: int = FEATURE_SIZE,
-                   batch: int = 64, progress: bool = True) -> tuple[np.ndarray, list[int]]:
-    """Unit-length features of `paths` (N' x D float32) and the indices of the readable paths
-    (an unreadable file is skipped with a warning naming it, as fit does)."""
+                   batch: int = 64, progress: bool = True,
+                   what: str = "image features") -> tuple[np.ndarray, list[int]]:
+    """Unit-length `feature_fn` rows (default: the pretrained net's) of `paths` decoded at
+    `size` (N' x D float32), and the indices of the readable paths (an unreadable file is
+    skipped with a warning naming it, as fit does); `what` names the progress bar."""
     from fastprogress.fastprogress import progress_bar
 
     from ..data.images import read_many
@@ -74,7 +76,7 @@ def image_features(paths: list[str], feature_fn: FeatureFn | None = None, size: 
     starts = range(0, len(paths), batch)
     if progress and len(paths) > 3 * batch:
         starts = progress_bar(starts)
-        starts.comment = "image features"
+        starts.comment = what
     out, kept = [], []
     for i in starts:
         pixels, ok = read_many(paths[i:i + batch], size, "squish", progress=False)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import normalise, top_similar
+from .features import image_features, top_similar
 
 THUMBNAIL = 8
 """Pixels per side of the colour thumbnail that is an image's signature (the image squashed to
@@ -99,26 +99,17 @@ def exact_groups(paths: list[str], threads: int = 4) -> list[list[str]]:
 def signatures(paths: list[str], batch: int = 1024, progress: bool = True) -> tuple[np.ndarray, list[int]]:
     """Unit-length thumbnail signatures (N' x 3·THUMBNAIL² float32) and the indices of the
     readable paths (an unreadable file is skipped with a warning naming it)."""
-    from fastprogress.fastprogress import progress_bar
+    x, kept = image_features(paths, _thumbnail, SCAN, batch, progress, "thumbnails")
+    return (x, kept) if kept else (np.zeros((0, 3 * THUMBNAIL ** 2), np.float32), [])
 
-    from ..data.images import read_many
 
+def _thumbnail(px: np.ndarray) -> np.ndarray:
+    """Decoded SCAN px images -> THUMBNAIL px colour thumbnails (block means), flattened and
+    centred per image (its mean brightness taken off)."""
     f = SCAN // THUMBNAIL
-    starts = range(0, len(paths), batch)
-    if progress and len(paths) > batch:
-        starts = progress_bar(starts)
-        starts.comment = "thumbnails"
-    out, kept = [], []
-    for i in starts:
-        px, ok = read_many(paths[i:i + batch], SCAN, "squish", progress=False)
-        if len(ok):
-            b = len(px)
-            t = px.astype(np.float32).reshape(b, THUMBNAIL, f, THUMBNAIL, f, 3).mean((2, 4)).reshape(b, -1)
-            out.append(normalise(t - t.mean(1, keepdims=True)))
-            kept += [i + j for j in ok]
-    if not out:
-        return np.zeros((0, 3 * THUMBNAIL ** 2), np.float32), []
-    return np.concatenate(out), kept
+    t = px.astype(np.float32).reshape(len(px), THUMBNAIL, f, THUMBNAIL, f, 3).mean((2, 4))
+    t = t.reshape(len(px), -1)
+    return t - t.mean(1, keepdims=True)
 
 
 def similar_pairs(x: np.ndarray, k: int = K, margin: float = MARGIN, floor: float = FLOOR,
