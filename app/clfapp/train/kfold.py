@@ -140,7 +140,8 @@ def fit(cfg, folder: Path, p: Plan | None = None, started: float | None = None) 
     else:
         p = _read_plan(folder, cfg)
     total = config.budget_seconds(cfg.train.budget)
-    done_before = 0.0    # seconds the folds finished by earlier commands took (--resume)
+    done_before = 0.0    # seconds the folds finished by earlier commands took (--resume); the
+    # time of this command, the folds it trains included, counts from `started`
     for k in range(1, p.k + 1):
         here = fold_dir(folder, k)
         state = checkpoint.state_of(here) if here.is_dir() else "none"
@@ -166,7 +167,6 @@ def fit(cfg, folder: Path, p: Plan | None = None, started: float | None = None) 
         if result.stopped in ("interrupted", "terminated") or not result.metrics:
             return KFoldResult(folder, {}, time.perf_counter() - started,
                                result.stopped or "interrupted", k)
-        done_before += result.seconds
     return KFoldResult(folder, finish(folder, p), time.perf_counter() - started)
 
 
