@@ -237,7 +237,8 @@ def finish(folder: Path, p: Plan) -> dict:
     note = ("out-of-fold predictions of the training split (each image by the fold model that "
             "never trained on it" + (", at its thresholds" if p.multi_label else "") + ")")
     m = dict(m, k=p.k, folds=figures, mean=mean, std=std, split="oof", split_note=note,
-             ensemble=ens_figures)
+             ensemble=ens_figures,
+             seconds=round(sum(_seconds(fold_dir(folder, k)) for k in range(1, p.k + 1)), 1))
     _report(folder, m, classes, p, keys)
     return m
 
