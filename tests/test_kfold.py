@@ -179,3 +179,32 @@ def test_the_budget_covers_the_whole_job(work, monkeypatch):
     seconds = [json.loads((run / f"fold-{k}" / "metrics.json").read_text())["seconds"]
                for k in range(1, K + 1)]
     assert shares[1] <= 40 - seconds[0]            # the last: what the others left
+
+
+@pytest.mark.slow  # a multi-label k-fold fit: its threshold searches take a few seconds
+def test_multi_label_folds(tmp_path, monkeypatch):
+    from conftest import make_stripes_multilabel
+    from clfapp.data import splits
+    from clfapp.infer.predict import Predictor
+
+    make_stripes_multilabel(tmp_path / "data" / "multi", n=24)
+    write_recipe(tmp_path / "multi.toml", "data/multi/labels.csv")
+    monkeypatch.chdir(tmp_path)
+    result = _cli("fit", "multi.toml", "--folds", K, "--name", "m")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "m"
+    oof = _oof(run)
+    classes = ["blue", "green", "red"]
+    assert list(oof.columns) == ["path", "split", "labels", *classes]
+    given = pd.read_csv(tmp_path / "data" / "multi" / "labels.csv", keep_default_na=False)
+    given = dict(zip([str(tmp_path / "data" / "multi" / f) for f in given["fname"]], given["labels"]))
+    train = oof[oof["split"] == "train"]
+    assert not train["path"].duplicated().any()
+    assert (train["labels"] == train["path"].map(given)).all()
+    fold = splits.read(run / "fold-2" / "splits.csv")
+    valid = fold.loc[fold["split"] == "valid", "path"].tolist()
+    probs, _ = Predictor(run / "fold-2").probabilities(valid, progress=False)
+    np.testing.assert_allclose(train.set_index("path").loc[valid, classes].to_numpy(), probs, atol=1e-6)
+    m = json.loads((run / "metrics.json").read_text())
+    assert len(m["folds"]) == K and "f1_micro" in m["mean"] and "f1_micro" in m["std"]
+    assert m["n"] == len(train)
