@@ -152,6 +152,11 @@ def test_refusals(work, monkeypatch, args, fragment):
     assert not (work / "runs" / "refused").exists()
 
 
+def test_resume_takes_no_folds(work, monkeypatch):
+    monkeypatch.chdir(work)
+    assert_usage_error(_cli("fit", "--resume", "runs/ref", "--folds", "3"), "drop --folds")
+
+
 def test_folds_are_stratified_and_stable():
     from clfapp.data import splits
     labels = pd.Series(["a"] * 5 + ["b"] * 3)
