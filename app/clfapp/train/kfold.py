@@ -345,7 +345,7 @@ def _report(folder: Path, m: dict, classes: list, p: Plan, keys: tuple) -> None:
         extra += [f"The fold ensemble (soft vote of the {p.k} fold models, this folder) on the "
                   f"dataset's {split} split ({e['n']} images, in no fold): "
                   + ", ".join(f"{k} {fmt(e.get(k))}" for k in keys) + ".", ""]
-    extra += [f"## Out-of-fold figures (the estimate)", "",
+    extra += ["## Out-of-fold figures (the estimate)", "",
               f"Over every training image, each predicted by the fold model that never trained "
               f"on it ({OOF})" + (", decided at that model's thresholds (the per-label "
                                   "threshold column: their mean over the folds)"
