@@ -240,6 +240,10 @@ class TrainConfig:
     ("90s", "15m", "1h30m", "2h"). The epochs are planned from the measured speed so the run
     ends within it (train/budget.py); the budget is a ceiling: the recipe's epochs are kept
     when they fit (ask for more epochs to fill it)."""
+    folds: int = 0
+    """k-fold cross-validation (`fit --folds K`, train/kfold.py): K models, each trained on
+    all but one of K disjoint folds of the training split, in RUN/fold-1 ... RUN/fold-K, with
+    out-of-fold probabilities in RUN/oof.csv; 0 = off (one model), else at least 2."""
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,9 @@ def _check_ranges(cfg: Config) -> None:
             raise UsageError(f"aug.{key} must be in [0, 1) (0 = off), got {getattr(cfg.aug, key)}")
     parse_head_hidden(cfg.model.head_hidden)
     budget_seconds(t.budget)
+    if t.folds < 0 or t.folds == 1:
+        raise UsageError(f"train.folds (--folds) must be at least 2 (0 = no cross-validation), "
+                         f"got {t.folds}")
     if t.tensorboard and not tensorboard_installed():
         raise UsageError("train.tensorboard = true needs the tensorboard package: "
                          "pip install clfapp[tb] (or pip install tensorboard)")

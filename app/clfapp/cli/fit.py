@@ -31,7 +31,12 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
             "on CUDA), each on train.bs // N images a step so the global batch stays train.bs; "
             "only the first writes the run folder. `accelerate launch --multi_gpu "
             "--num_processes N -m clfapp fit ...` does the same under accelerate's launcher. "
-            "Not with --budget, --full or --resume."), show_default=False)] = None):
+            "Not with --budget, --full or --resume."), show_default=False)] = None,
+        folds: Annotated[Optional[int], typer.Option("--folds", metavar="K", help=(
+            "k-fold cross-validation (train.folds): K models on disjoint folds of the training "
+            "split in RUN/fold-1..K, out-of-fold probabilities in RUN/oof.csv, each fold's "
+            "figures with mean ± std; RUN is also their soft-vote ensemble. Not with --full "
+            "or --processes."), show_default=False)] = None):
     """Train a classifier from RECIPE (with overrides) into a new run folder runs/RECIPE-N.
 
     `clfapp fit photos/` (a folder of labelled images, or a .csv of fname,label[s]) trains the
@@ -63,7 +68,7 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
                  ("--name", name), ("--weights", weights), ("--pretrained", pretrained),
                  ("--split-seed", split_seed), ("--splits-from", splits_from), ("--set", set_),
                  ("--budget", budget), ("--full", full), ("--deterministic", deterministic),
-                 ("--processes", processes))
+                 ("--processes", processes), ("--folds", folds))
                  if v not in (None, False, [])]
         if given:
             raise common.UsageError(f"--resume continues {resume} with the config it started with; "
@@ -75,6 +80,8 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
         return _resume(folder, started)
     if deterministic:
         set_ = [*(set_ or []), "train.deterministic=true"]
+    if folds is not None:
+        set_ = [*(set_ or []), f"train.folds={folds}"]
     recipe = common.project_default(recipe)  # none given: ./clfapp.toml
     cfg = common.resolve_config(recipe, data, arch, size, epochs, bs, lr, seed, weights, pretrained, set_,
                                 split_seed, splits_from, budget=budget)
@@ -83,6 +90,8 @@ def fit(ctx: typer.Context, recipe: common.RecipeOrData = None, data: common.Dat
     data_check.before_fit(cfg)  # reads no image: missing files, classes too small, no split
     from .. import models
     models.resolve(cfg.model.arch, cfg.model.pretrained, cfg.model.cut_blocks)  # before any folder
+    if cfg.train.folds:
+        return _fit_folds(cfg, name, started, full, processes)
     if full and cfg.train.budget:
         raise common.UsageError("--budget (train.budget) does not work with --full yet: the "
                                 "retraining on train+valid would run past it; drop one of them")
@@ -144,8 +153,55 @@ def _command_line_without(ctx: typer.Context, drop: str) -> list[str]:
     return args + opts
 
 
+def _fit_folds(cfg, name, started: float, full: bool, processes) -> None:
+    """`fit --folds K` (train/kfold.py): refusals first, then the K folds in one run folder."""
+    from ..models import runs
+    from ..train import distributed, kfold
+
+    if full:
+        raise common.UsageError("--folds (train.folds) does not work with --full: each fold's "
+                                "model is measured on its held-out fold; drop one of them")
+    if processes is not None or distributed.active():
+        raise common.UsageError("--folds (train.folds) does not work with --processes or a "
+                                "launcher's several processes yet; drop one of them")
+    plan = kfold.plan(cfg)   # K more than a class's training images: refused before any folder
+    folder = runs.new_folder(runs.RUNS_DIR, cfg.recipe, name)
+    common.echo(f"run folder: {folder}")
+    try:
+        result = kfold.fit(cfg, folder, plan, started)
+    except (common.UsageError, OSError):
+        if not any((kfold.fold_dir(folder, k) / "model").exists() for k in range(1, plan.k + 1)):
+            shutil.rmtree(folder, ignore_errors=True)   # nothing trained: nothing to keep
+        raise
+    _report_folds(result, folder)
+
+
+def _report_folds(result, folder) -> None:
+    if result.stopped:
+        common.echo(f"\n{folder}: fold {result.fold} {result.stopped}; the folds before it are "
+                    f"kept; `clfapp fit --resume {folder}` continues from there")
+        raise typer.Exit(EXIT_CODES[result.stopped])
+    from ..report import summary_line
+    m = result.metrics
+    common.echo(f"\n{folder}: {m['k']} folds; out-of-fold {summary_line(m)}")
+    key = "f1_micro" if "f1_micro" in m["mean"] else "accuracy"
+    common.echo(f"{key} per fold: {', '.join(f'{f[key]:.4f}' for f in m['folds'])}; mean "
+                f"{m['mean'][key]:.4f} ± {m['std'][key]:.4f}; {result.seconds:.0f} s. "
+                f"oof.csv, report.md; {folder} is also the folds' soft-vote ensemble")
+
+
 def _resume(folder, started: float) -> None:
     from ..train import checkpoint, resume
+    from ..train import kfold
+    if kfold.is_kfold(folder):
+        if (folder / "metrics.json").is_file() and (folder / "ensemble.json").is_file():
+            common.echo(f"{folder} has finished: all its folds, oof.csv and metrics.json are "
+                        f"written; nothing to resume")
+            return
+        from .. import config
+        cfg = config.from_file(folder / "config.toml")
+        _report_folds(kfold.fit(cfg, folder, None, started), folder)
+        return
     if checkpoint.state_of(folder) == "finished":
         common.echo(checkpoint.finished_line(folder))   # resuming it again is no mistake: exit 0
         return

@@ -354,3 +354,57 @@ def label_frequencies(y: np.ndarray, split: np.ndarray, classes: list[str]) -> p
     """Each label's frequency (% of images) in each split: label x split."""
     parts = [p for p in ("train", "valid", "test") if (split == p).any()]
     return pd.DataFrame({p: y[split == p].mean(axis=0) * 100 for p in parts}, index=classes)
+
+
+def _hash_folds(u: np.ndarray, k: int) -> np.ndarray:
+    """Fold 0..k-1 of one group (a class) by the hash rule: fold = floor(u * k), so an item's
+    fold depends on its own name alone. When that leaves a fold empty in a group of at least
+    k items, the item nearest to that fold's band [f/k, (f+1)/k) moves there from the fullest
+    fold (the fewest moves, as `_hash_mask` does), so every fold holds every class."""
+    fold = np.minimum((u * k).astype(int), k - 1)
+    if len(u) < k:
+        return fold
+    for f in range(k):
+        if (fold == f).any():
+            continue
+        counts = np.bincount(fold, minlength=k)
+        donor = np.flatnonzero(fold == int(np.argmax(counts)))
+        centre = (f + 0.5) / k
+        fold[donor[np.argmin(np.abs(u[donor] - centre))]] = f
+    return fold
+
+
+def kfold(labels: pd.Series | None, keys, k: int, seed: int,
+          y: np.ndarray | None = None) -> np.ndarray:
+    """Fold 0..k-1 of each item (rows aligned with `keys`), for k-fold cross-validation of the
+    training split (train/kfold.py).
+
+    Single-label (`labels`): stratified and stable like `stratified`: within each class, an
+    item's fold is floor(u * k) of its own hash (`hash_units` of its key, with a seed of its own,
+    "folds:SEED", so the folds do not follow the train/valid hash band), with the fewest moves
+    needed so that a class of at least k items has one in every fold. Adding images never moves
+    an earlier image to another fold, except where such a fix-up applies.
+
+    Multi-label (`y`, the N x L 0/1 matrix): iterative stratification into k folds (scikit-
+    multilearn, seeded as `iterative` is), not stable when items are added.
+    """
+    if y is not None:
+        from skmultilearn.model_selection import IterativeStratification
+
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            splitter = IterativeStratification(n_splits=k, order=2)
+            out = np.full(len(y), -1, dtype=int)
+            for f, (_, held) in enumerate(splitter.split(np.zeros((len(y), 1)), np.asarray(y, dtype=int))):
+                out[held] = f
+        finally:
+            np.random.set_state(state)
+        return out
+    values = labels.to_numpy()
+    u = hash_units(keys, f"folds:{seed}")
+    out = np.zeros(len(values), dtype=int)
+    for label in pd.unique(values):
+        idx = np.flatnonzero(values == label)
+        out[idx] = _hash_folds(u[idx], k)
+    return out

@@ -210,11 +210,26 @@ def measure(predictor: EnsemblePredictor, items, tta: bool | None = None, bs: in
 
 # --- building an ensemble folder -----------------------------------------------------------
 
+def fold_members(runs: list[Path]) -> bool:
+    """Whether `runs` are fold models of one k-fold job (`fit --folds`: RUN/fold-1 ... RUN/fold-K
+    beside RUN/folds.csv, train/kfold.py)."""
+    import re
+    parents = {Path(os.path.abspath(r)).parent for r in runs}
+    return (len(runs) >= 2 and len(parents) == 1 and (next(iter(parents)) / "folds.csv").is_file()
+            and all(re.fullmatch(r"fold-\d+", Path(os.path.abspath(r)).name) for r in runs))
+
+
 def shared_items(runs: list[Path], data_given: bool):
     """The items every member lists with the same split (a DataFrame like splits.csv), after
     refusing members where one's training items are another's validation items (unless
     `data_given`: the ensemble is then measured on other data). None when `data_given` and
-    some member has no splits.csv."""
+    some member has no splits.csv.
+
+    Fold models of one k-fold job (`fold_members`) overlap so by design: each trains on the
+    others' held-out folds. They pass the check; the items they share with one split are the
+    dataset's validation and test items (split "test" in every fold's splits.csv: no fold
+    trained on them nor chose its epoch on them), so a fold ensemble is measured there (or on
+    --data), never on a fold's held-out items."""
     import pandas as pd
 
     from ..data import splits
@@ -227,7 +242,7 @@ def shared_items(runs: list[Path], data_given: bool):
             raise UsageError(f"{r} has no splits.csv, so its validation images are unknown; "
                              "pass --data PATH to measure the ensemble on labelled data")
         recorded[r] = splits.recorded(r)
-    if not data_given:
+    if not data_given and not fold_members(runs):
         overlaps = []
         for a in runs:
             for b in runs:
@@ -318,17 +333,24 @@ def build(runs: list[Path], parent: Path, name: str | None = None, vote: str = "
         _warn_trained_on(runs, items)
         shared = items.assign(split="valid")
     else:
-        if not (shared["split"] == "valid").any():
-            raise UsageError("the members share no validation images (trained on other data?); "
-                             "pass --data PATH to measure the ensemble on labelled data")
-        # a member trained on them (fit --full) makes them no evidence: the shared test split,
-        # or refused; refused outright where thresholds are searched (the test split stays unseen)
-        from .evaluate import evidence_split
-        items, split = evidence_split(shared, "the members' shared split", runs,
-                                      tune=first.multi_label and vote == "soft")
-        source = ("the members' shared validation split (it chose their best epochs: optimistic)"
-                  if split == "valid" else "the members' shared test split (a member was trained "
-                  "on the validation images by fit --full)")
+        if fold_members(runs) and (shared["split"] == "test").any():
+            # fold models: the dataset's validation and test items, in no fold (shared_items)
+            items = shared[shared["split"] == "test"]
+            source = ("the dataset's validation and test items, in none of the folds (no fold "
+                      "model trained on them or chose its epoch on them)")
+        else:
+            if not (shared["split"] == "valid").any():
+                raise UsageError("the members share no validation images (trained on other "
+                                 "data?); pass --data PATH to measure the ensemble on labelled data")
+            # a member trained on them (fit --full) makes them no evidence: the shared test
+            # split, or refused; refused outright where thresholds are searched (the test split
+            # stays unseen)
+            from .evaluate import evidence_split
+            items, split = evidence_split(shared, "the members' shared split", runs,
+                                          tune=first.multi_label and vote == "soft")
+            source = ("the members' shared validation split (it chose their best epochs: "
+                      "optimistic)" if split == "valid" else "the members' shared test split (a "
+                      "member was trained on the validation images by fit --full)")
 
     folder = runfolders.new_folder(parent, "ensemble", name)
     try:

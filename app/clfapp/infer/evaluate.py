@@ -48,6 +48,9 @@ def labelled_items(run, data_path: str | None = None, labels: str = "folder", de
     if split == "test":
         return rows, (f"test split of {run.name} (its validation images were trained on by the "
                       "final model of fit --full; the test split never was)")
+    if (run / "folds.csv").is_file():   # a k-fold run (train/kfold.py): its folds are training items
+        return rows, (f"validation split of {run.name} (in none of its folds: no fold model "
+                      "trained on it or chose its epoch on it)")
     return rows, (f"validation split of {run.name} (it chose the best epoch, and thresholds if "
                   "tuned there: optimistic)")
 
