@@ -177,7 +177,7 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
         if write_clean.exists():
             raise common.UsageError(f"--write-clean {write_clean} already exists; choose another file")
 
-    cfg = common.resolve_config(str(data), sets=set_)
+    cfg = common.resolve_config(str(data), sets=set_, announce=False)   # its splits, as fit makes them
     delim = cfg.data.label_delim
     if write_clean is not None:
         iss.check_clean_place(write_clean, dataset_root(cfg.data))
@@ -208,7 +208,7 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
         "data": str(data), "out-of-fold probabilities": str(run / iss.OOF),
         "images": len(items), "classes": len(classes),
         "label issues": len(labels), "near-duplicates": f"{len(dups)} in {dups['group'].nunique()} set(s)",
-        "outliers": len(odd)}, multi, delim, t0)
+        "outliers": len(odd)}, multi, delim, t0, dataset_root(cfg.data))
     common.echo(f"wrote {folder / 'issues.csv'} and {folder / 'issues.html'}: {len(labels)} label "
                 f"issue(s), {len(dups)} near-duplicate(s), {len(odd)} outlier(s)")
     if write_clean is not None:
@@ -233,7 +233,8 @@ def _kfold_entry():
     return lambda data, folds, budget, sets: kfold.fit_folds(str(data), folds=folds, budget=budget, sets=sets)
 
 
-def _write_issues(out: Path | None, table, described: dict, multi: bool, delim: str, t0: float) -> Path:
+def _write_issues(out: Path | None, table, described: dict, multi: bool, delim: str, t0: float,
+                  root: Path) -> Path:
     """issues.csv and issues.html into OUT (built as OUT.part, renamed at the end) or a new
     runs/issues-N (each file written through a temporary name)."""
     import shutil
@@ -252,7 +253,8 @@ def _write_issues(out: Path | None, table, described: dict, multi: bool, delim: 
         folder.mkdir(parents=True)
     try:
         iss.write_table(folder / "issues.csv", table)
-        issues_page.write(folder, table, described, multi, delim, time.perf_counter() - t0)
+        issues_page.write(folder, table, described, multi, delim, time.perf_counter() - t0,
+                          root=root, name=target.name)
     except BaseException:
         if out is not None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import split_labels
-from .blocks import BR, data_uri, figure, grid, note, para, section, table
+from .blocks import BR, data_uri, figure, grid, heading, note, para, section, table
 from .html import _png_of, atomic_write
 
 FILE = "issues.html"
@@ -36,8 +36,18 @@ def _thumb(path: str) -> str | None:
     return None if px is None else data_uri(_png_of(px, THUMB))
 
 
-def _caption(row, delim: str, multi_label: bool) -> list:
-    name = Path(row.path).name
+def _shown(path: str, root: Path | None) -> str:
+    """A path as the page names it: relative to the data's folder when inside it."""
+    if root is not None:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name
+
+
+def _caption(row, delim: str, multi_label: bool, root: Path | None) -> list:
+    name = _shown(row.path, root)
     rich = [("b", name), BR, ("", f"{row.split or '-'}")]
     if row.kind == "label":
         rich += [BR, ("", f"given: {row.given or '(none)'}"), BR,
@@ -58,10 +68,12 @@ def _caption(row, delim: str, multi_label: bool) -> list:
 
 
 def write(folder: Path, issues: pd.DataFrame, described: dict, multi_label: bool = False,
-          delim: str = " ", seconds: float = 0.0) -> Path:
+          delim: str = " ", seconds: float = 0.0, root: Path | None = None,
+          name: str | None = None) -> Path:
     """FOLDER/issues.html of the issues table (infer/issues.COLUMNS; given and suggested as label texts, a
     multi-label set joined by `delim`); `described`: summary
-    lines (name → value) shown first."""
+    lines (name → value) shown first; `root`: the data's folder (paths are shown relative to
+    it); `name`: the folder's name as the footer gives it (FOLDER may be a .part folder)."""
     from . import templates
     sections = [section("summary", "Summary", [
         table(["", ""], [[k, v] for k, v in described.items()]),
@@ -77,16 +89,24 @@ def write(folder: Path, issues: pd.DataFrame, described: dict, multi_label: bool
             if src is None:
                 unread.append(row.path)
                 continue
-            figs.append(figure([src], _caption(row, delim, multi_label)))
+            figs.append((row.group, figure([src], _caption(row, delim, multi_label, root))))
         body = [para(f"{len(rows)} image(s). {SAID[kind]}")]
         if len(rows) > MAX_SHOWN:
             body.append(note(f"the first {MAX_SHOWN} are shown; issues.csv lists all {len(rows)}"))
         if unread:
             body.append(note(f"{len(unread)} image(s) could not be read for a thumbnail, e.g. {unread[0]}"))
-        body.append(grid(figs))
+        if kind == "near_duplicate":   # one row of thumbnails per set
+            sets = rows.groupby("group", sort=False)["split"].agg(lambda v: (len(v), sorted(set(v))))
+            for group, (n, splits) in sets.items():
+                members = [f for g, f in figs if g == group]
+                if members:
+                    across = f", across {' and '.join(splits)}" if len(splits) > 1 else ""
+                    body += [heading(3, f"{group}: {n} images{across}"), grid(members)]
+        else:
+            body.append(grid([f for _, f in figs]))
         sections.append(section(kind.replace("_", "-"), title, body))
     page = templates.render("report.html", title="Data issues", sections=sections,
-                            folder_name=Path(folder).name, stamp=time.strftime("%Y-%m-%d %H:%M"),
+                            folder_name=name or Path(folder).name, stamp=time.strftime("%Y-%m-%d %H:%M"),
                             seconds=seconds)
     atomic_write(Path(folder) / FILE, page)
     return Path(folder) / FILE
