@@ -170,7 +170,9 @@ def test_write_clean_csv_that_fit_accepts(cli, data, tmp_path, monkeypatch, fix)
     fit = cli("fit", "clean.toml", "--name", f"clean-{fix}")
     assert fit.exit_code == 0, fit.output
     splits = pd.read_csv(tmp_path / "runs" / f"clean-{fix}" / "splits.csv")
-    assert len(splits) == len(df)
+    used = {(Path(p).relative_to(tmp_path / "data") if Path(p).is_absolute() else Path(p)).as_posix(): s
+            for p, s in zip(splits["path"], splits["split"])}
+    assert used == dict(zip(df["fname"], df["split"]))   # fit kept the split the CSV gives
 
 
 def write_multi_oof(run: Path, root: Path, truth: dict, altered: set) -> None:
@@ -248,3 +250,19 @@ def test_bad_input_one_line(cli, data, tmp_path, monkeypatch):
     assert_usage_error(cli("data", "issues", data, "--run", run, "--folds", 3), "--folds")
     assert tree_hash(data) == before
     assert not (tmp_path / "runs" / "issues-1").exists()
+
+
+def test_oof_paths_relative_to_the_data_folder(data, tmp_path):
+    """oof.csv may name images relative to the data's folder: they are the same images."""
+    from clfapp.data import scan
+    from clfapp.config import load
+    from clfapp.infer import issues as iss
+
+    run = write_oof(tmp_path / "kfold", data)
+    oof = pd.read_csv(run / "oof.csv")
+    oof["path"] = [Path(p).relative_to(data).as_posix() for p in oof["path"]]
+    oof.to_csv(run / "oof.csv", index=False)
+    items = scan(load(None, {"data": {"path": str(data)}}).data)
+    read = iss.read_oof(run, items, list(CLASSES), False, root=data)
+    assert sorted(read.rows["path"]) == sorted(str(p) for p in data.rglob("*.*"))
+    assert iss.label_issues(read)["path"].iloc[0] == str(data / FLIPPED)

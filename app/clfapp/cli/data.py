@@ -190,7 +190,7 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
         run = fit_folds(data, folds or 5, budget, set_)
 
     common.echo(f"1/3 label issues: cleanlab on the out-of-fold probabilities of {run / iss.OOF}")
-    oof = iss.read_oof(run, items, classes, multi, delim)
+    oof = iss.read_oof(run, items, classes, multi, delim, dataset_root(cfg.data))
     labels = iss.label_issues(oof, delim)
     common.echo(f"    {len(labels)} of {len(oof.rows)} image(s) look mislabelled")
 

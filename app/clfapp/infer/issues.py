@@ -63,9 +63,10 @@ def _key(path) -> str:
 
 
 def read_oof(run: Path, items: pd.DataFrame, classes: list[str], multi_label: bool,
-             delim: str = " ") -> OutOfFold:
+             delim: str = " ", root: Path | None = None) -> OutOfFold:
     """RUN/oof.csv checked against the data's `items` (path, label(s), split) and `classes`:
-    a run of other data, other classes or other labels is a usage error naming the mismatch."""
+    a run of other data, other classes or other labels is a usage error naming the mismatch.
+    A relative path in it is taken relative to the data's folder `root` (when given)."""
     csv = Path(run) / OOF
     if not csv.is_file():
         raise UsageError(f"{run} has no {OOF}; give --run RUN of a `clfapp fit DATA --folds K` run")
@@ -97,7 +98,7 @@ def read_oof(run: Path, items: pd.DataFrame, classes: list[str], multi_label: bo
         raise UsageError(f"{csv} has no rows")
     if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
         raise UsageError(f"{csv}: the class columns must hold probabilities between 0 and 1")
-    keys = df["path"].map(_key)
+    keys = df["path"].map(lambda p: _key(Path(root) / p if root is not None and not Path(p).is_absolute() else p))
     if keys.duplicated().any():
         raise UsageError(f"{csv} lists {keys[keys.duplicated()].iloc[0]} more than once; "
                          "each image must appear once")
