@@ -266,3 +266,14 @@ def test_oof_paths_relative_to_the_data_folder(data, tmp_path):
     read = iss.read_oof(run, items, list(CLASSES), False, root=data)
     assert sorted(read.rows["path"]) == sorted(str(p) for p in data.rglob("*.*"))
     assert iss.label_issues(read)["path"].iloc[0] == str(data / FLIPPED)
+
+
+def test_extra_copies_judged_pair_by_pair():
+    """Of a chain A~B~C (A and C not alike) only B goes; of a train/valid pair the valid copy;
+    of three copies of one picture two go, the training one stays."""
+    from clfapp.infer.issues import copies_to_drop
+
+    split = {"A": "train", "B": "train", "C": "train", "T": "valid", "U": "train", "V": "test"}
+    assert copies_to_drop([("A", "B", 0.99), ("B", "C", 0.97)], split) == {"B"}
+    assert copies_to_drop([("T", "U", 0.98), ("V", "T", 0.97)], split) == {"T"}
+    assert copies_to_drop([("T", "U", 0.96), ("V", "T", 0.99), ("U", "V", 0.95)], split) == {"V", "T"}

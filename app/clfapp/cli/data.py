@@ -197,7 +197,8 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
     paths = items["path"].tolist()
     from ..infer import near_duplicates, outliers
     common.echo(f"2/3 near-duplicates among {len(paths)} image(s) (all splits)")
-    dups = iss.duplicate_rows(near_duplicates.find(paths), items, given_col)
+    found = near_duplicates.find(paths)
+    dups = iss.duplicate_rows(found, items, given_col)
     common.echo(f"    {len(dups)} image(s) in {dups['group'].nunique()} set(s)")
     common.echo(f"3/3 outliers: pretrained features of {len(paths)} image(s)")
     odd = iss.outlier_rows(outliers.find(paths), items, given_col)
@@ -212,10 +213,15 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
     common.echo(f"wrote {folder / 'issues.csv'} and {folder / 'issues.html'}: {len(labels)} label "
                 f"issue(s), {len(dups)} near-duplicate(s), {len(odd)} outlier(s)")
     if write_clean is not None:
-        kept, done = iss.clean_items(items, table, fix, given_col)
+        kept, done = iss.clean_items(items, table, fix, given_col,
+                                     [(p.a, p.b, p.score) for p in found.pairs])
         iss.write_clean(write_clean, kept, given_col)
+        why = ", ".join(f"{done[k]} {what}" for k, what in (
+            ("label", "with a label issue"), ("copies", "near-duplicate copies"),
+            ("outliers", "outliers")) if done[k])
         common.echo(f"wrote {write_clean} ({fix}): {done['kept']} image(s), {done['dropped']} "
-                    f"dropped, {done['relabelled']} relabelled; `clfapp fit {write_clean}` trains on it")
+                    f"dropped{f' ({why})' if why else ''}, {done['relabelled']} relabelled; "
+                    f"`clfapp fit {write_clean}` trains on it")
 
 
 def _kfold_entry():

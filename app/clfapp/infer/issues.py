@@ -232,24 +232,44 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
 FIXES = ("drop", "relabel")
 
 
-def clean_items(items: pd.DataFrame, table: pd.DataFrame, fix: str, given_col: str) -> tuple[pd.DataFrame, dict]:
+def copies_to_drop(pairs, split: dict) -> set:
+    """The extra copies among near-duplicate `pairs` ((a, b, score), paths as `_key`s): from the
+    most similar pair down, of two images not yet dropped one stays and the other goes (the
+    training image stays, so no copy of one is left in valid or test; then the one already
+    kept, then the first by path). Judged pair by pair, not by whole sets: in a chain A~B~C
+    where A and C are not alike, dropping B keeps both A and C."""
+    dropped, kept = set(), set()
+    for a, b, _ in sorted(pairs, key=lambda t: (-t[2], t[0], t[1])):
+        if a in dropped or b in dropped:
+            continue
+        keep, go = sorted((a, b), key=lambda m: (SPLIT_ORDER.get(split.get(m), 3), m not in kept, m))
+        kept.add(keep)
+        dropped.add(go)
+    return dropped
+
+
+def clean_items(items: pd.DataFrame, table: pd.DataFrame, fix: str, given_col: str,
+                pairs=None) -> tuple[pd.DataFrame, dict]:
     """The data's items (path, label(s), split) after the fix, and what was done (counts).
 
-    Both fixes drop the outliers and all but one member of each duplicate group (the one kept:
-    a training image when the group has one, so no copy of a training image stays in valid or
-    test; then the most similar). "drop" also drops the images with a label issue; "relabel"
-    gives them cleanlab's suggested label(s) instead."""
+    Both fixes drop the outliers and the extra copies of near-duplicates (`copies_to_drop` on
+    `pairs`, the finder's (a, b, score); without them, all but one member of each set of the
+    table). "drop" also drops the images with a label issue; "relabel" gives them cleanlab's
+    suggested label(s) instead."""
     if fix not in FIXES:
         raise UsageError(f"--fix must be one of {', '.join(FIXES)}, got {fix!r}")
     out = items.copy()
     out["_key"] = out["path"].map(_key)
     split = dict(zip(out["_key"], out["split"]))
-    drop: set = set(table.loc[table["kind"] == "outlier", "path"])
-    dups = table[table["kind"] == "near_duplicate"]
-    for _, g in dups.groupby("group", sort=False):
-        members = sorted(g["path"], key=lambda m: SPLIT_ORDER.get(split.get(m), 3))
-        drop |= set(members[1:])
+    odd = set(table.loc[table["kind"] == "outlier", "path"])
+    if pairs is not None:
+        copies = copies_to_drop([(_key(a), _key(b), float(sc)) for a, b, sc in pairs], split)
+    else:
+        copies = set()
+        for _, g in table[table["kind"] == "near_duplicate"].groupby("group", sort=False):
+            copies |= set(sorted(g["path"], key=lambda m: (SPLIT_ORDER.get(split.get(m), 3), m))[1:])
     labels = table[table["kind"] == "label"]
+    drop = odd | copies
     relabelled = 0
     if fix == "drop":
         drop |= set(labels["path"])
@@ -258,8 +278,11 @@ def clean_items(items: pd.DataFrame, table: pd.DataFrame, fix: str, given_col: s
         hit = out["_key"].isin(new)
         out.loc[hit, given_col] = out.loc[hit, "_key"].map(new)
         relabelled = int(hit.sum())
+    present = set(out["_key"])
     kept = out[~out["_key"].isin(drop)]
-    done = {"dropped": len(out) - len(kept), "relabelled": relabelled, "kept": len(kept)}
+    done = {"dropped": len(out) - len(kept), "relabelled": relabelled, "kept": len(kept),
+            "outliers": len(odd & present), "copies": len((copies - odd) & present),
+            "label": len((set(labels["path"]) - odd - copies) & present) if fix == "drop" else 0}
     return kept.drop(columns="_key").reset_index(drop=True), done
 
 
