@@ -118,13 +118,13 @@ def prepare(recipe: common.RecipeOrData = None, data: common.Data = None, size: 
 
 @app.command("issues")
 @common.command
-def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .csv (as `fit` takes it).", show_default=False)],
+def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .csv (as `fit` takes it).", show_default=False, metavar="DATA")],
            run: Annotated[Optional[Path], typer.Option("--run", help="A `clfapp fit DATA --folds K` run whose RUN/oof.csv holds the out-of-fold probabilities (without it, that fit is run first).", show_default=False)] = None,
            folds: Annotated[Optional[int], typer.Option("--folds", help="K of the k-fold fit run when no --run is given (default 5).", show_default=False)] = None,
            budget: common.Budget = None,
            out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write (must not exist; default runs/issues-N).", show_default=False)] = None,
            write_clean: Annotated[Optional[Path], typer.Option("--write-clean", help="Also write a cleaned label CSV (fname, label or labels, split) that `clfapp fit FILE` takes; it must sit in a folder above the data's.", show_default=False)] = None,
-           fix: Annotated[Optional[str], typer.Option("--fix", help="With --write-clean: drop (the images with a label issue are left out; the default) or relabel (they get the suggested label). Both drop the outliers and all but one copy of each near-duplicate set.", show_default=False)] = None,
+           fix: Annotated[Optional[str], typer.Option("--fix", help="With --write-clean: drop (the images with a label issue are left out; the default) or relabel (they get the suggested label). Both drop the outliers and the extra copies of near-duplicates (the training copy stays).", show_default=False)] = None,
            set_: common.Set = None):
     """Find what is wrong in a dataset: label issues, near-duplicates and outliers.
 
