@@ -261,14 +261,14 @@ def test_checker_rejects_unknown_command_and_subcommand(cli):
     text = ("# title\n\n```bash\n"
             "clfapp trian digits          # a typo\n"
             "clfapp data chek photos/\n"
-            "clfapp data check|prepare|issues plants\n"
+            "clfapp data check|prepare|scrub plants\n"
             "```\n")
     problems = [p for s in shown_commands(text, "y.md") for p in check_shown(cli, s)]
     assert len(problems) == 3, problems
     assert problems[0].startswith("y.md:4: clfapp trian digits")
     assert "unknown command clfapp 'trian'" in problems[0]
     assert problems[1].startswith("y.md:5:") and "unknown command clfapp data 'chek'; did you mean check" in problems[1]
-    assert problems[2].startswith("y.md:6:") and "unknown command clfapp data 'issues'" in problems[2]
+    assert problems[2].startswith("y.md:6:") and "unknown command clfapp data 'scrub'" in problems[2]
 
 
 def test_checker_flags_of_the_right_command(cli):

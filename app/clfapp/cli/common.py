@@ -95,10 +95,11 @@ Budget = Annotated[Optional[str], typer.Option("--budget", help=(
 
 def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs=None, lr=None,
                    seed=None, weights=None, pretrained=None, sets=None, split_seed=None,
-                   splits_from=None, budget=None, base=None, base_origin=""):
+                   splits_from=None, budget=None, base=None, base_origin="", announce=True):
     """Recipe file + command-line overrides → one validated Config (recipe None: the
     defaults alone, or the defaults under `base`'s tables, e.g. what `distill`'s student takes
-    from its teacher)."""
+    from its teacher). `announce` False: the line saying which settings were chosen for the
+    data is not printed (a command that trains nothing)."""
     from .. import config, recipes
 
     dataset = recipes.data_argument(recipe) if recipe is not None else None
@@ -122,7 +123,7 @@ def resolve_config(recipe: str, data=None, arch=None, size=None, epochs=None, bs
     if dataset is not None:  # settings chosen for the data where nobody set them (auto.py)
         from .. import auto
         cfg, line = auto.apply(cfg, given={(s, k) for s, t in overrides.items() for k in t})
-        if line:
+        if line and announce:
             echo(line)
     # --epochs on an SGDR recipe: the cycles are refitted to those epochs (one line says how)
     cfg, line = config.fit_sgdr_to_epochs(cfg, set(overrides.get("train", {})))
