@@ -222,7 +222,7 @@ def test_bad_input_one_line(cli, data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = tree_hash(data)
     assert_usage_error(cli("data", "issues", tmp_path / "nowhere", "--run", tmp_path), "not found")
-    assert_usage_error(cli("data", "issues", data), "give --run RUN of a `clfapp fit DATA --folds K` run")
+    assert_usage_error(cli("data", "issues", data, "--folds", "1"), "--folds")
     empty = tmp_path / "runs" / "empty"
     empty.mkdir(parents=True)
     assert_usage_error(cli("data", "issues", data, "--run", empty), "has no oof.csv")
@@ -277,3 +277,25 @@ def test_extra_copies_judged_pair_by_pair():
     assert copies_to_drop([("A", "B", 0.99), ("B", "C", 0.97)], split) == {"B"}
     assert copies_to_drop([("T", "U", 0.98), ("V", "T", 0.97)], split) == {"T"}
     assert copies_to_drop([("T", "U", 0.96), ("V", "T", 0.99), ("U", "V", 0.95)], split) == {"V", "T"}
+
+
+TINY_FIT = ["--set", "model.arch=test_resnet", "--set", "model.pretrained=false", "--set",
+            "data.size=32", "--set", "train.epochs=1", "--set", "train.freeze_epochs=0",
+            "--set", "train.bs=8", "--set", "train.lr=0.01", "--set", "train.precision=fp32"]
+
+
+def test_without_a_run_it_fits_the_folds_first(cli, data, tmp_path, monkeypatch):
+    """No --run: `clfapp fit DATA --folds K` runs first (its run folder is kept, resumable and
+    reusable with --run), then its oof.csv is read."""
+    monkeypatch.chdir(tmp_path)
+    before = tree_hash(data)
+    r = cli("data", "issues", data, "--folds", "2", *TINY_FIT)
+    assert r.exit_code == 0, r.output
+    assert "0/3 out-of-fold probabilities: clfapp fit" in r.output
+    kfold_runs = [f for f in (tmp_path / "runs").iterdir() if (f / "oof.csv").is_file()]
+    assert len(kfold_runs) == 1
+    oof = pd.read_csv(kfold_runs[0] / "oof.csv")
+    assert (oof["split"] == "train").sum() == len(list((data / "train").rglob("*.png")))
+    t = pd.read_csv(tmp_path / "runs" / "issues-1" / "issues.csv", keep_default_na=False)
+    assert {"near_duplicate", "outlier"} <= set(t["kind"])
+    assert tree_hash(data) == before

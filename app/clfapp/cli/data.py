@@ -7,6 +7,9 @@ import typer
 
 from . import checks, common
 
+FOLDS = 5
+"""K of the k-fold fit `data issues` runs when no --run is given."""
+
 app = typer.Typer(help="Datasets: embedded samples, checks, the image cache.", no_args_is_help=True, rich_markup_mode="markdown")
 
 
@@ -166,7 +169,6 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
                                     "`clfapp fit DATA --folds K` run")
     if folds is not None:
         checks.number("--folds", folds, 2)
-    fit_folds = _kfold_entry() if run is None else None
     if out is not None:
         checks.output_folder("--out", out, may_exist=False)
         checks.output_folder("--out", out.with_name(out.name + ".part"), may_exist=False)
@@ -186,8 +188,11 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
     multi = is_multi_label(items)
     given_col = "labels" if multi else "label"
     classes = classes_of(used, delim)
-    if run is None:
-        run = fit_folds(data, folds or 5, budget, set_)
+    if run is None:   # the out-of-fold probabilities: `clfapp fit DATA --folds K` now
+        from .fit import fit_folds
+        common.echo(f"0/3 out-of-fold probabilities: clfapp fit {data} --folds {folds or FOLDS}"
+                    + (f" --budget {budget}" if budget else ""))
+        run = fit_folds(str(data), folds or FOLDS, budget, set_, t0)
 
     common.echo(f"1/3 label issues: cleanlab on the out-of-fold probabilities of {run / iss.OOF}")
     oof = iss.read_oof(run, items, classes, multi, delim, dataset_root(cfg.data))
@@ -222,21 +227,6 @@ def issues(data: Annotated[Path, typer.Argument(help="Dataset folder or label .c
         common.echo(f"wrote {write_clean} ({fix}): {done['kept']} image(s), {done['dropped']} "
                     f"dropped{f' ({why})' if why else ''}, {done['relabelled']} relabelled; "
                     f"`clfapp fit {write_clean}` trains on it")
-
-
-def _kfold_entry():
-    """The k-fold fit as `fn(data, folds, budget, sets) -> its run folder` (what `clfapp fit
-    DATA --folds K` runs, in train/, built alongside this command): until that entry point
-    exists, a usage error with the way out. Wiring it is this one call."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("clfapp.train.kfold") is None:
-        raise common.UsageError("give --run RUN of a `clfapp fit DATA --folds K` run")
-    kfold = importlib.import_module("clfapp.train.kfold")
-    if not hasattr(kfold, "fit_folds"):
-        raise common.UsageError("give --run RUN of a `clfapp fit DATA --folds K` run")
-    return lambda data, folds, budget, sets: kfold.fit_folds(str(data), folds=folds, budget=budget, sets=sets)
 
 
 def _write_issues(out: Path | None, table, described: dict, multi: bool, delim: str, t0: float,

@@ -153,8 +153,9 @@ def _command_line_without(ctx: typer.Context, drop: str) -> list[str]:
     return args + opts
 
 
-def _fit_folds(cfg, name, started: float, full: bool, processes) -> None:
-    """`fit --folds K` (train/kfold.py): refusals first, then the K folds in one run folder."""
+def _fit_folds(cfg, name, started: float, full: bool, processes):
+    """`fit --folds K` (train/kfold.py): refusals first, then the K folds in one run folder,
+    which is returned (`data issues` runs it for its out-of-fold probabilities)."""
     from ..models import runs
     from ..train import distributed, kfold
 
@@ -174,6 +175,13 @@ def _fit_folds(cfg, name, started: float, full: bool, processes) -> None:
             shutil.rmtree(folder, ignore_errors=True)   # nothing trained: nothing to keep
         raise
     _report_folds(result, folder)
+    return folder
+
+
+def fit_folds(data: str, folds: int, budget: str | None, sets: list[str] | None, started: float):
+    """The run folder of `clfapp fit DATA --folds K [--budget B] [--set ...]`, trained now."""
+    cfg = common.resolve_config(data, sets=[*(sets or []), f"train.folds={folds}"], budget=budget)
+    return _fit_folds(cfg, None, started, False, None)
 
 
 def _report_folds(result, folder) -> None:
