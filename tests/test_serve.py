@@ -121,6 +121,30 @@ def test_multilabel_decides_at_the_models_thresholds(work):
     assert ((expected >= np.asarray(thresholds)) != (expected >= 0.5)).any()
 
 
+def test_an_onnx_export_is_served_as_its_spec_says(work, tmp_path):
+    """An export folder (TTA inside its graph) answers as the PyTorch model with that TTA."""
+    from clfapp.infer import export as ex
+    run = make_tiny_bundle(tmp_path / "tta-run", size=24, tta_flips=["horizontal"], tta=True)
+    data = work["images"][0].parent
+    rows = ["path,label,split,root"] + [f"{p.name},{p.stem[:-1]},valid,{data}" for p in work["images"]]
+    (run / "splits.csv").write_text("\n".join(rows) + "\n")
+    folder, _ = ex.export(run)
+    paths = [str(p) for p in work["images"]]
+    torch_side = loader.load(run)
+    expected, _ = torch_side.probabilities(paths, progress=False)   # with TTA, as its spec says
+    plain, _ = torch_side.probabilities(paths, tta=False, progress=False)
+    assert np.abs(plain - expected).max() > 1e-4   # TTA changes the answer: it is checked
+    client, predictor = _client(folder, backend="onnx")
+    with client:
+        r = client.post("/predict", files=_files(paths))
+        model = client.get("/model").json()
+    assert r.status_code == 200, r.text
+    assert model["kind"] == "onnx" and model["inference"]["tta"] is True
+    for e, probs in zip(r.json()["predictions"], expected):
+        got = {t["label"]: t["probability"] for t in e["top"]}
+        assert [got[c] for c in predictor.classes] == pytest.approx(probs, abs=1e-4)
+
+
 def test_health_and_model(work):
     client, predictor = _client(work["run"])
     with client:
@@ -211,7 +235,7 @@ def test_concurrent_requests_are_batched(work):
         return real(pixels, bs=bs)
 
     predictor.probabilities_by_input = counting
-    app = sv.create_app(predictor, max_batch=4, max_wait_ms=500, log=lambda line: None)
+    app = sv.create_app(predictor, max_batch=4, max_wait_ms=1000, log=lambda line: None)
     client = TestClient(app)
     paths = [str(p) for p in work["images"]]
     expected, _ = predictor.probabilities(paths, progress=False)
