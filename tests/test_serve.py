@@ -255,6 +255,39 @@ def test_concurrent_requests_are_batched(work):
         assert [got[c] for c in predictor.classes] == pytest.approx(probs, abs=1e-5)
 
 
+def test_gradcam_overlay_on_request(work):
+    """POST /gradcam: report/gradcam.py's overlay of one image as a PNG at the model's input
+    size, for its top label or the one asked; refused with a reason where it cannot be."""
+    from clfapp.report import gradcam
+    client, predictor = _client(work["run"])
+    image = work["images"][0]
+    pixels = np.array(sv.images.read_image(image, 24, "squish"))
+    with client:
+        top = client.post("/gradcam", files=_files([image]))
+        red = client.post("/gradcam?label=red", files=_files([image]))
+        unknown = client.post("/gradcam?label=purple", files=_files([image]))
+        two = client.post("/gradcam", files=_files([image, image]))
+        after = client.post("/predict", files=_files([image]))
+    assert top.status_code == 200 and top.headers["content-type"] == "image/png"
+    got = np.asarray(sv.Image.open(io.BytesIO(red.content)))
+    want = gradcam.for_images(predictor, pixels[None], [predictor.classes.index("red")])[0]
+    assert got.shape == (24, 24, 3)
+    np.testing.assert_allclose(got.astype(int), want.astype(int), atol=1)
+    assert "not one of the model's classes" in _error_line(unknown, 400)
+    assert "one image at a time" in _error_line(two, 400)
+    assert after.status_code == 200   # predictions go on, on the model's own memory format
+
+
+def test_gradcam_is_refused_without_the_pytorch_model(work):
+    predictor = loader.load(work["run"])
+    client = TestClient(sv.create_app(predictor, backend="onnx", log=lambda line: None))
+    with client:
+        r = client.post("/gradcam", files=_files(work["images"][:1]))
+        model = client.get("/model").json()
+    assert "--backend torch" in _error_line(r, 409)
+    assert model["gradcam"] is False
+
+
 def test_page_is_self_contained(work):
     client, _ = _client(work["run"])
     with client:
@@ -362,7 +395,8 @@ class _DevTools:
             time.sleep(0.05)
         port = int(port_file.read_text().split()[0])
         pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
+        # the connection itself (what `with connect(...) as ws` binds); closed in close()
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None).__enter__()
         self.n = 0
 
     def call(self, method, **params):
@@ -431,6 +465,8 @@ def test_web_page_in_a_real_browser(work, tmp_path):
         best = predictor.classes[int(np.argmax(expected[0]))]
         assert verdict.startswith(best), verdict
         assert browser.eval("document.querySelectorAll('.result .bar').length") == 3
+        browser.eval("document.querySelector('.result button.explain').click()")
+        assert browser.wait_for("(document.querySelector('.result img.gradcam') || {}).naturalWidth") == 24
         browser.choose("#files", [not_image])
         error = browser.wait_for("(document.querySelector('.result .error') || {}).textContent")
         assert "notes.txt" in error and "not an image" in error, error

@@ -35,7 +35,8 @@ def serve(run: Annotated[str, typer.Argument(help="Run folder (or its name under
     `POST /predict` takes one or more images as multipart form fields named `image` and answers
     JSON, one entry per image in order: the top labels with their probabilities (`?top_k=3`),
     and for a multi-label model the label set decided at the model's thresholds. `GET /health`,
-    `GET /model` (classes, inference spec, versions), and `GET /` (the page). The model runs as
+    `GET /model` (classes, inference spec, versions), `POST /gradcam` (one image's Grad-CAM
+    overlay, a run on the torch backend), and `GET /` (the page). The model runs as
     its inference spec says (size, TTA, thresholds), as `clfapp predict` runs it. Requests are
     batched: up to --max-batch images or --max-wait-ms. A bad upload (not an image, too large,
     truncated, a decompression bomb) gets a 4xx with a one-line JSON reason; other requests are

@@ -4,6 +4,8 @@
                     default 3): {"predictions": [one entry per image, in order]}
     GET  /health    {"status": "ok"}
     GET  /model     classes, kind, backend, the inference spec, limits, versions
+    POST /gradcam   one image (field `image`; query `label`, default the top one): its Grad-CAM
+                    overlay as a PNG at the model's input size (a run on the torch backend only)
     GET  /          a page to drop or choose images and see their top labels as bars
 
 Every predictor (run, ensemble, ONNX export) is run as its inference spec says, through
@@ -136,6 +138,10 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
+    async def on_model_thread(self, fn, *args):
+        """`fn(*args)` on the thread that runs the model, between batches (Grad-CAM)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def submit(self, pixels: list[dict]) -> np.ndarray:
         """Probabilities (N x C) of one request's decoded images."""
         future = asyncio.get_running_loop().create_future()
@@ -190,6 +196,28 @@ class Batcher:
                 start += len(p)
 
 
+def can_explain(predictor) -> bool:
+    """Grad-CAM needs the PyTorch model: a run (or bundle) on the torch backend."""
+    return getattr(predictor, "kind", "") == "run" and hasattr(predictor, "model")
+
+
+def gradcam_png(predictor, pixels: np.ndarray, label: int) -> bytes | None:
+    """The Grad-CAM overlay of one decoded image (S x S x 3) for class `label`, as PNG bytes;
+    None when the model has no feature map to explain."""
+    import torch
+
+    from ..report import gradcam
+    try:
+        overlays = gradcam.for_images(predictor, np.array(pixels[None]), [label])
+    finally:   # for_images leaves the weights contiguous: back to predict's memory format
+        predictor.model.to(memory_format=torch.channels_last)
+    if overlays is None:
+        return None
+    out = io.BytesIO()
+    Image.fromarray(overlays[0]).save(out, format="PNG")
+    return out.getvalue()
+
+
 def _versions(predictor) -> dict:
     from importlib import metadata
 
@@ -217,6 +245,7 @@ def describe(predictor, name: str, backend: str, limits: Limits, max_batch: int,
             "thresholds": [float(t) for t in decision_thresholds(meta)] if multi else None,
             "inference": predictor.spec.to_dict(),
             "inputs": [{"size": s, "resize": r} for s, r in distinct(predictor.inputs)],
+            "gradcam": can_explain(predictor) and backend == "torch",
             "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms},
             "limits": {**asdict(limits), "max_images_per_request": limits.max_images},
             "versions": _versions(predictor)}
@@ -232,7 +261,7 @@ def create_app(predictor, *, name: str = "model", backend: str = "torch", max_ba
     counts model calls."""
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
 
     limits = limits or Limits(max_images=max_batch)
@@ -284,17 +313,11 @@ def create_app(predictor, *, name: str = "model", backend: str = "torch", max_ba
             "serve.html", title=f"clfapp serve: {name}", nav=[], model_name=name,
             kind=predictor.kind, backend=backend, classes=list(predictor.classes),
             spec=predictor.spec.describe(), max_mb=f"{limits.max_bytes / 1024 / 1024:g}",
-            max_mp=f"{limits.max_pixels / 1e6:g}", max_images=limits.max_images)
+            max_mp=f"{limits.max_pixels / 1e6:g}", max_images=limits.max_images,
+            gradcam=model_info["gradcam"])
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        raw_k = request.query_params.get("top_k", str(TOP_K))
-        try:
-            top_k = int(raw_k)
-            if top_k < 1:
-                raise ValueError
-        except ValueError:
-            return refuse(400, f"top_k must be a whole number of at least 1, got {raw_k!r}")
+    async def read_images(request: Request):
+        """(uploads, decoded images) of a multipart request, or the JSONResponse refusing it."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limits.max_body:
             return refuse(413, f"request body of {_mb(int(length))}; the limit is "
@@ -330,6 +353,21 @@ def create_app(predictor, *, name: str = "model", backend: str = "torch", max_ba
                     return refuse(e.status, f"{where}: {e.reason}")
         finally:
             await form.close()
+        return uploads, pixels
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        raw_k = request.query_params.get("top_k", str(TOP_K))
+        try:
+            top_k = int(raw_k)
+            if top_k < 1:
+                raise ValueError
+        except ValueError:
+            return refuse(400, f"top_k must be a whole number of at least 1, got {raw_k!r}")
+        got = await read_images(request)
+        if isinstance(got, JSONResponse):
+            return got
+        uploads, pixels = got
         try:
             probs = await batcher.submit(pixels)
         except Exception as e:   # the model failed on this batch
@@ -337,6 +375,31 @@ def create_app(predictor, *, name: str = "model", backend: str = "torch", max_ba
         return {"model": name, "predictions": [
             {"file": u.filename or "", **answer(p, predictor.meta, predictor.classes, top_k)}
             for u, p in zip(uploads, probs)]}
+
+    @app.post("/gradcam")
+    async def explain(request: Request):
+        if not model_info["gradcam"]:
+            return refuse(409, "Grad-CAM needs the PyTorch model: serve a run with --backend "
+                               "torch")
+        label = request.query_params.get("label")
+        if label is not None and label not in predictor.classes:
+            return refuse(400, f"label {label!r} is not one of the model's classes")
+        got = await read_images(request)
+        if isinstance(got, JSONResponse):
+            return got
+        uploads, pixels = got
+        if len(uploads) != 1:
+            return refuse(400, f"Grad-CAM explains one image at a time, got {len(uploads)}")
+        image = pixels[0][predictor.inputs[0]]
+        if label is None:
+            probs = await batcher.submit(pixels)
+            index = int(np.argmax(probs[0]))
+        else:
+            index = predictor.classes.index(label)
+        png = await batcher.on_model_thread(gradcam_png, predictor, image, index)
+        if png is None:
+            return refuse(409, "this model has no feature map to explain")
+        return Response(png, media_type="image/png")
 
     return app
 
