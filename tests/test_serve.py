@@ -145,6 +145,29 @@ def test_an_onnx_export_is_served_as_its_spec_says(work, tmp_path):
         assert [got[c] for c in predictor.classes] == pytest.approx(probs, abs=1e-4)
 
 
+def test_an_ensemble_is_served(work, tmp_path):
+    from clfapp.infer import ensemble
+    data = work["images"][0].parent
+    rows = ["path,label,split,root"] + [f"{p.name},{p.stem[:-1]},valid,{data}" for p in work["images"]]
+    runs = []
+    for seed in (0, 1):
+        run = make_tiny_bundle(tmp_path / f"member{seed}", size=24, seed=seed)
+        (run / "splits.csv").write_text("\n".join(rows) + "\n")
+        runs.append(run)
+    ensemble.build(runs, tmp_path, name="ens")
+    client, predictor = _client(tmp_path / "ens")
+    paths = [str(p) for p in work["images"]]
+    expected, _ = predictor.probabilities(paths, progress=False)
+    with client:
+        r = client.post("/predict", files=_files(paths))
+        model = client.get("/model").json()
+    assert r.status_code == 200, r.text
+    assert model["kind"] == "ensemble" and model["gradcam"] is False
+    for e, probs in zip(r.json()["predictions"], expected):
+        got = {t["label"]: t["probability"] for t in e["top"]}
+        assert [got[c] for c in predictor.classes] == pytest.approx(probs, abs=1e-5)
+
+
 def test_health_and_model(work):
     client, predictor = _client(work["run"])
     with client:
