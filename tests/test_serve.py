@@ -173,7 +173,11 @@ def test_health_and_model(work):
     with client:
         health = client.get("/health")
         model = client.get("/model").json()
+        missing = client.get("/nothing")
+        wrong = client.get("/predict")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert "Not Found: GET /nothing" in _error_line(missing, 404)
+    assert "GET /predict" in _error_line(wrong, 405)
     assert model["classes"] == predictor.classes
     assert model["kind"] == "run" and model["backend"] == "torch" and not model["multi_label"]
     assert model["inference"] == predictor.spec.to_dict()

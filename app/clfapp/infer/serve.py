@@ -123,9 +123,10 @@ class Batcher:
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self._held = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clfapp-model")
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clfapp-model")
         self.queue = asyncio.Queue()
         self.task = asyncio.create_task(self._work())
 
@@ -136,7 +137,8 @@ class Batcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def on_model_thread(self, fn, *args):
         """`fn(*args)` on the thread that runs the model, between batches (Grad-CAM)."""
@@ -285,6 +287,10 @@ def create_app(predictor, *, name: str = "model", backend: str = "torch", max_ba
 
     def refuse(status: int, reason: str) -> JSONResponse:
         return JSONResponse({"error": " ".join(reason.split())}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):   # 404, 405: the same one line
+        return refuse(e.status_code, f"{e.detail}: {request.method} {request.url.path}")
 
     @app.middleware("http")
     async def log_request(request: Request, call_next):
