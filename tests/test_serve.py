@@ -354,8 +354,11 @@ def _start_server(run, *args):
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "clfapp", "serve", str(run), "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    found = re.search(r"http://([\d.]+):(\d+)/", line)
+    found, line = None, ""
+    for line in iter(proc.stdout.readline, ""):   # other libraries may print first
+        found = re.search(r"serving .* on http://([\d.]+):(\d+)/", line)
+        if found:
+            break
     if not found:
         proc.kill()
         raise AssertionError(f"no serving line: {line!r} {proc.stderr.read()}")
