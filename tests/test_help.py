@@ -13,7 +13,7 @@ SCRIPT = Path(sys.executable).parent / "clfapp"
 BASE = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "clfapp"]
 COMMANDS = [[], ["fit"], ["lr-find"], ["evaluate"], ["predict"], ["embed"], ["recipes"], ["data"],
             ["data", "sample"], ["ensemble"], ["compare"], ["export"], ["distill"], ["thresholds"],
-            ["tune"]]
+            ["tune"], ["serve"]]
 
 
 def _run(args, timeout=30):

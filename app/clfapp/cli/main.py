@@ -8,6 +8,7 @@ from . import (compare, data, embed, ensemble, evaluate, fit, lr_find, predict, 
 from . import export as export_cmd
 from . import distill as distill_cmd
 from . import tune as tune_cmd
+from . import serve as serve_cmd
 
 app = typer.Typer(
     help="Turn a folder of labelled images into a trained, evaluated, deployable classifier.",
@@ -21,6 +22,7 @@ app.command("export")(export_cmd.export)
 app.command("thresholds")(thresholds.thresholds)
 app.command("ensemble")(ensemble.ensemble)
 app.command("distill")(distill_cmd.distill)
+app.command("serve")(serve_cmd.serve)
 app.command("compare")(compare.compare)
 app.command("embed")(embed.embed)
 app.command("tune")(tune_cmd.tune)
