@@ -161,11 +161,38 @@ def data_issues(csv: Path, out: Path, name: str, args, extra: list[str]) -> tupl
     issues = out / name
     if issues.exists():
         shutil.rmtree(issues)
-    seconds, _ = clfapp(["data", "issues", str(csv), "--folds", str(args.folds), *_budget(args.budget),
-                         "--out", str(issues), *extra, *_sets(args)], out)
+    seconds, said = clfapp(["data", "issues", str(csv), "--folds", str(args.folds), *_budget(args.budget),
+                            "--out", str(issues), *extra, *_sets(args)], out)
+    _cleaned_line(said)
     new = sorted(p for p in set(runs.iterdir()) - before if (p / "oof.csv").is_file())
     table = pd.read_csv(issues / "issues.csv", dtype=str, keep_default_na=False)
     return table[table["kind"] == "label"].reset_index(drop=True), new[-1], seconds
+
+
+def _cleaned_line(said: str) -> None:
+    """data issues' line on the cleaned CSV (how many images dropped, relabelled, and why)."""
+    for line in said.splitlines():
+        if line.startswith("wrote") and "dropped" in line:
+            print("  " + line, flush=True)
+
+
+def same_validation(cleaned: Path, clean: Path) -> Path:
+    """The cleaned CSV's training rows with the clean CSV's validation rows (FILE-fit.csv):
+    data issues also flags, drops or relabels validation images, and the three fits must be
+    measured on the same, never flipped, valid/."""
+    df = pd.read_csv(cleaned, dtype=str, keep_default_na=False)
+    ref = pd.read_csv(clean, dtype=str, keep_default_na=False)
+    prefix = Path(os.path.relpath(clean.parent, cleaned.parent)).as_posix()
+    ref["fname"] = prefix + "/" + ref["fname"]
+    valid = ref[ref["split"] == "valid"]
+    mine = df[df["split"] == "valid"]
+    changed = len(set(valid["fname"]) - set(mine["fname"])) + int(
+        (mine.merge(valid, on="fname", suffixes=("", "_ref")).eval("label != label_ref")).sum())
+    out = cleaned.with_name(cleaned.stem + "-fit.csv")
+    pd.concat([df[df["split"] != "valid"], valid], ignore_index=True).to_csv(out, index=False)
+    print(f"  {cleaned.name}: {changed} of {len(valid)} validation image(s) dropped or relabelled "
+          f"by the cleaning, put back as they were for the fit ({out.name})", flush=True)
+    return out
 
 
 def fit_accuracy(csv: Path, out: Path, name: str, args) -> tuple[float, float]:
@@ -218,9 +245,10 @@ def bench_flip(args, out: Path) -> None:
         issues = out / f"issues-{tag}-drop"
         if issues.exists():
             shutil.rmtree(issues)
-        clfapp(["data", "issues", str(noisy_csv), "--run", str(run), "--out", str(issues),
-                "--write-clean", str(drop_csv), "--fix", "drop", *_sets(args)], out)
+        _cleaned_line(clfapp(["data", "issues", str(noisy_csv), "--run", str(run), "--out", str(issues),
+                              "--write-clean", str(drop_csv), "--fix", "drop", *_sets(args)], out)[1])
         cleaned["drop"] = drop_csv
+    cleaned = {k: same_validation(v, clean_csv) for k, v in cleaned.items()}
     fits = [("clean", clean_csv), ("noisy", noisy_csv)] + [(f"cleaned ({k})", v) for k, v in cleaned.items()]
     acc = {}
     for what, csv in fits:
