@@ -225,8 +225,10 @@ def bench_flip(args, out: Path) -> None:
     labels, run, seconds = data_issues(noisy_csv, out, f"issues-{tag}", args, extra)
     n = len(flips)
     hit, top = detection(labels, planted, n)
+    top_train = detection(labels[labels["split"] == "train"], planted, n)[1]
     rows = [("flipped flagged", f"{hit}/{n}", hit / max(n, 1), ">= 0.80"),
-            (f"flipped in top {n} label issues", f"{top}/{n}", top / max(n, 1), ">= 0.70")]
+            (f"flipped in top {n} label issues", f"{top}/{n}", top / max(n, 1), ">= 0.70"),
+            ("  same, training images only", f"{top_train}/{n}", top_train / max(n, 1), "(valid/ never flipped)")]
     print(f"\nplants, {args.flip:.0%} of training labels flipped ({n}); data issues --folds "
           f"{args.folds} --budget {args.budget}: {len(labels)} label issue(s), {seconds:.0f} s wall "
           f"(k-fold run {run})")
