@@ -175,6 +175,30 @@ def test_write_clean_csv_that_fit_accepts(cli, data, tmp_path, monkeypatch, fix)
     assert used == dict(zip(df["fname"], df["split"]))   # fit kept the split the CSV gives
 
 
+def test_write_clean_on_a_symlinked_data_folder(cli, data, tmp_path, monkeypatch):
+    """data/shapes a symlink to the images elsewhere (a big disk): --write-clean data/x.csv is
+    above it as written, and the CSV names shapes/..., which `fit` reads inside its folder
+    (the paths resolved through the link would point outside and be refused)."""
+    monkeypatch.chdir(tmp_path)
+    real = tmp_path / "disk" / "shapes"
+    real.parent.mkdir()
+    data.rename(real)
+    data.symlink_to(real, target_is_directory=True)
+    run = write_oof(tmp_path / "runs" / "kfold-1", data)
+    clean = tmp_path / "data" / "shapes-clean.csv"
+    r = cli("data", "issues", data, "--run", run, "--out", tmp_path / "found",
+            "--write-clean", clean, "--fix", "relabel")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(clean, keep_default_na=False)
+    assert df["fname"].str.startswith("shapes/").all() and "shapes/train/a/a1.png" in set(df["fname"])
+    from clfapp.data import _from_csv
+    items = _from_csv(clean.parent, clean.name)   # refused if a name left the folder
+    assert len(items) == len(df)
+    # inside the data through the link is still refused
+    assert_usage_error(cli("data", "issues", data, "--run", run, "--out", tmp_path / "found2",
+                           "--write-clean", data / "x.csv"), "above the data")
+
+
 def write_multi_oof(run: Path, root: Path, truth: dict, altered: set) -> None:
     """oof.csv of multi-label data: each label 0.85-0.97 when truly present, 0.02-0.12 when not,
     and confidently right (0.99 / 0.01) on the `altered` (fname, label) pairs; the labels

@@ -289,18 +289,26 @@ def clean_items(items: pd.DataFrame, table: pd.DataFrame, fix: str, given_col: s
 def check_clean_place(file: Path, root: Path) -> None:
     """--write-clean FILE must sit above the data's folder: a label CSV names its images
     relative to its own folder and may not point outside it (data._from_csv), and nothing is
-    written into the data."""
-    folder = Path(file).expanduser().absolute().parent.resolve()
-    root = Path(root).resolve()
-    try:
-        inside = root.relative_to(folder)
-    except ValueError:
-        inside = None
-    if inside is None or inside == Path("."):
-        where = "inside" if _under(folder, root) else "beside"
+    written into the data. "Above" as the paths are written (a data folder that is a symlink,
+    data/plants -> /disk/plants, has data/ above it) or as they resolve; never inside the data
+    the links lead to."""
+    folder, real_folder = _lexical(file).parent, Path(file).expanduser().absolute().parent.resolve()
+    shown, real_root = _lexical(root), Path(root).resolve()
+    above = _strictly_above(folder, shown) or _strictly_above(real_folder, real_root)
+    if not above or _under(real_folder, real_root):
+        where = "inside" if _under(folder, shown) or _under(real_folder, real_root) else "beside"
         raise UsageError(f"--write-clean {file}: a label CSV names its images relative to its "
-                         f"own folder, so it must sit in a folder above the data's {root} (not "
-                         f"{where} it), e.g. {root.parent / (root.name + '-clean.csv')}")
+                         f"own folder, so it must sit in a folder above the data's {shown} (not "
+                         f"{where} it), e.g. {shown.parent / (shown.name + '-clean.csv')}")
+
+
+def _lexical(path) -> Path:
+    """`path` absolute and normalised as written: symlinks not followed."""
+    return Path(os.path.normpath(os.path.abspath(os.path.expanduser(str(path)))))
+
+
+def _strictly_above(folder: Path, root: Path) -> bool:
+    return _under(root, folder) and root != folder
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -315,8 +323,14 @@ def write_clean(file: Path, items: pd.DataFrame, given_col: str) -> None:
     """The label CSV (fname relative to FILE's folder, label or labels, split) `fit FILE`
     reads, through a .part file renamed at the end."""
     file = Path(file).expanduser().absolute()
-    folder = file.parent.resolve()
-    fnames = [Path(os.path.relpath(Path(p).resolve(), folder)).as_posix() for p in items["path"]]
+    folder = _lexical(file).parent
+
+    def fname(p) -> str:   # as the paths are written (a symlinked data folder stays one)
+        rel = Path(os.path.relpath(_lexical(p), folder))
+        if ".." in rel.parts:   # written through another link than FILE: as they resolve
+            rel = Path(os.path.relpath(Path(p).resolve(), folder.resolve()))
+        return rel.as_posix()
+    fnames = [fname(p) for p in items["path"]]
     df = pd.DataFrame({"fname": fnames, given_col: items[given_col].fillna(""),
                        "split": items["split"].fillna("")})
     part = file.with_name(file.name + ".part")
