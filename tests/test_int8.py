@@ -149,6 +149,7 @@ def test_float_ops_names_what_is_not_wrapped_by_qdq():
     w = helper.make_tensor("w", TensorProto.INT8, [1], [1])
     s = helper.make_tensor("s", TensorProto.FLOAT, [], [1.0])
     z = helper.make_tensor("z", TensorProto.UINT8, [], [0])
+    i = helper.make_tensor("i", TensorProto.INT64, [], [0])
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("DequantizeLinear", ["w", "s"], ["wd"]),
@@ -156,8 +157,11 @@ def test_float_ops_names_what_is_not_wrapped_by_qdq():
              helper.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
              helper.make_node("DequantizeLinear", ["mq", "s", "z"], ["md"]),
              helper.make_node("Relu", ["md"], ["r"]),               # output not quantised
-             helper.make_node("Add", ["r", "x"], ["y"])]            # float inputs
+             helper.make_node("Add", ["r", "x"], ["a"]),            # float inputs
+             helper.make_node("Shape", ["a"], ["sh"]),               # shape arithmetic: not
+             helper.make_node("Gather", ["sh", "i"], ["g"]),         # image data, not named
+             helper.make_node("Reshape", ["a", "sh"], ["y"])]        # float data
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-                              initializer=[w, s, z])
-    assert float_ops(helper.make_model(graph)) == {"Add": 1, "Relu": 1}
+                              initializer=[w, s, z, i])
+    assert float_ops(helper.make_model(graph)) == {"Add": 1, "Relu": 1, "Reshape": 1}

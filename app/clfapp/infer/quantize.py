@@ -151,6 +151,7 @@ def float_ops(model) -> dict[str, int]:
     provider runs as one integer kernel)."""
     nodes = list(model.graph.node)
     producer = {o: n for n in nodes for o in n.output}
+    shape_math = _shape_math(model)
     consumers: dict[str, list] = {}
     for n in nodes:
         for i in n.input:
@@ -158,8 +159,8 @@ def float_ops(model) -> dict[str, int]:
     graph_outputs = {o.name for o in model.graph.output}
     constants = {t.name for t in model.graph.initializer}
     out: dict[str, int] = {}
-    for n in nodes:
-        if n.op_type in QDQ_OPS or n.op_type == "Constant":
+    for k, n in enumerate(nodes):
+        if n.op_type in QDQ_OPS or n.op_type == "Constant" or k in shape_math:
             continue
         data = [i for i in n.input if i and i not in constants
                 and not (i in producer and producer[i].op_type == "Constant")]
@@ -169,6 +170,22 @@ def float_ops(model) -> dict[str, int]:
         if not wrapped:
             out[n.op_type] = out.get(n.op_type, 0) + 1
     return dict(sorted(out.items()))
+
+
+def _shape_math(model) -> set[int]:
+    """Positions (in graph.node) of the nodes that only compute shapes (Shape, and what is fed only by shape
+    arithmetic and constants: integer index maths such as TF "same" padding's pad sizes),
+    not image data: they are no part of what quantisation could speed up."""
+    constants = {t.name for t in model.graph.initializer}
+    out, made = set(), set()
+    for k, n in enumerate(model.graph.node):   # ONNX graphs are in topological order
+        data = [i for i in n.input if i and i not in constants]
+        if n.op_type == "Constant":
+            made.update(n.output)
+        elif n.op_type == "Shape" or all(i in made for i in data):
+            out.add(k)
+            made.update(n.output)
+    return out
 
 
 def quantize_graph(fp32: Path, target: Path, reader: _Reader, work: Path) -> dict:
