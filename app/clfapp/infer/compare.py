@@ -170,9 +170,18 @@ def compare(folders: list[Path], data_path: str | None = None, threads: int = 0,
     table["overlap"] = pd.Series([r["overlap"] for r in rows], dtype=object)  # ints, None: n/a
     base = table["latency_ms_bs1"].min()
     table["latency_vs_fastest"] = table["latency_ms_bs1"] / base
-    settings = {"threads": threads, "precision": "fp32", "repeats": repeats,
+    precisions = sorted({c.get("precision") or "fp32" for m in models
+                         for c in _flat(spec.conditions(m.predictor))})   # fp32, or int8 exports
+    settings = {"threads": threads, "repeats": repeats,
+                "precision": (" or ".join(precisions) + " (each model's run_as)"
+                              if len(precisions) > 1 else (precisions or ["fp32"])[0]),
                 "timed_on": f"{len(sample)} decoded validation images (decoding not timed)"}
     return table, described, settings
+
+
+def _flat(conditions: dict) -> list[dict]:
+    """spec.conditions of one model, or of each member of an ensemble."""
+    return list(conditions["members"].values()) if "members" in conditions else [conditions]
 
 
 def markdown(table, described: str, settings: dict) -> str:

@@ -6,7 +6,7 @@ told to differ (`--no-tta`) says so: the figure a user reads is the model they s
     size, resize     the input images are brought to (0 / "": an ensemble's members' own)
     tta, tta_flips   whether the image is averaged with its mirrors, and which mirrors (those
                      training augmented with)
-    precision        the arithmetic it runs in ("fp32")
+    precision        the arithmetic it runs in ("fp32"; "int8" for an INT8 ONNX export)
     thresholds       multi-label decision thresholds, with `thresholds_under`: the conditions
                      (`conditions`) of the probabilities they were searched on, and where
     trained_on       which items of the run's splits.csv trained it: train | train+valid
@@ -29,7 +29,8 @@ from pathlib import Path
 from ..errors import UsageError
 
 VERSION = 1
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "int8")
+"""int8: an INT8 ONNX export (`clfapp export --int8`, infer/quantize.py); the rest run fp32."""
 TRAIN, TRAIN_VALID = "train", "train+valid"
 TRAINED_ON = (TRAIN, TRAIN_VALID)
 MIRRORS = ("horizontal", "vertical", "transpose")
