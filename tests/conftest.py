@@ -207,3 +207,13 @@ def make_tiny_bundle(folder: Path, *, seed: int = 0, size: int = 24, tta_flips=(
                              head_hidden=head_hidden, inference=inference)
     bundle.save(folder / "model", model.eval(), meta)
     return folder
+
+
+def altered_copy(src: Path, dst: Path) -> Path:
+    """Resized by 90 %, cropped by 5 %, saved as JPEG quality 50 (the bench's alterations)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as img:
+        w, h = round(img.width * 0.9), round(img.height * 0.9)
+        img = img.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+        img.crop((2, 1, w - round(0.05 * w) + 2, h - round(0.05 * h) + 1)).save(dst, quality=50)
+    return dst

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import assert_usage_error, make_stripes_multilabel, write_recipe
+from conftest import altered_copy, assert_usage_error, make_stripes_multilabel, write_recipe
 
 CLASSES = {"a": (220, 40, 40), "b": (40, 200, 40), "c": (40, 40, 220)}
 FLIPPED = "train/a/flip.png"      # filed under a, the probabilities say c
@@ -32,16 +32,6 @@ def picture(path: Path, rgb, seed: int, size: int = 64, tint: float = 0.35) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC).save(path)
     return path
-
-
-def altered_copy(src: Path, dst: Path) -> Path:
-    """Resized by 90 %, cropped by 5 %, saved as JPEG quality 50."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src) as img:
-        w, h = round(img.width * 0.9), round(img.height * 0.9)
-        img = img.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
-        img.crop((2, 1, w - round(0.05 * w) + 2, h - round(0.05 * h) + 1)).save(dst, quality=50)
-    return dst
 
 
 def colour_features(pixels: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ from PIL import Image
 from clfapp.infer import near_duplicates as nd
 from clfapp.infer.features import normalise, top_similar
 
+from conftest import altered_copy
+
 
 def smooth_image(path: Path, seed: int, size: int = 80) -> Path:
     """A smooth random picture (a 4x4 grid of random colours, upscaled): two seeds give
@@ -20,16 +22,6 @@ def smooth_image(path: Path, seed: int, size: int = 80) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.resize((size, size), Image.Resampling.BICUBIC).save(path)
     return path
-
-
-def altered_copy(src: Path, dst: Path) -> Path:
-    """Resized by 90 %, cropped by 5 %, saved as JPEG quality 50 (the bench's alterations)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src) as img:
-        w, h = round(img.width * 0.9), round(img.height * 0.9)
-        img = img.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
-        img.crop((2, 1, w - round(0.05 * w) + 2, h - round(0.05 * h) + 1)).save(dst, quality=50)
-    return dst
 
 
 @pytest.fixture
