@@ -24,7 +24,7 @@ from pathlib import Path
 
 def views(flips: list[str]) -> dict[str, list[tuple]]:
     """Set name -> its views, each a tuple of mirrors applied in turn."""
-    from clfapp.infer.predict import tta_views
+    from clfapp.infer.spec import tta_views
     flips_only = [f for f in flips if f != "transpose"]
     out = {"none": [()]}
     if flips_only:

@@ -14,7 +14,8 @@ from clfapp.infer import bundle
 from clfapp.data import images
 
 from clfapp.config import AugConfig
-from clfapp.infer.predict import Predictor, tta_flips_for
+from clfapp.infer.predict import Predictor
+from clfapp.infer.spec import tta_flips_for
 
 from conftest import as_older_model_json, make_folder_dataset, make_tiny_bundle
 

@@ -73,8 +73,6 @@ def _collate(batch):
     return idx, x
 
 
-# where TTA's mirrors are defined (infer/spec.py), for the callers that import them from here
-MIRRORS, tta_flips_for, tta_views = spec.MIRRORS, spec.tta_flips_for, spec.tta_views
 
 
 def _mirrored(x, view: tuple[str, ...]):
@@ -133,7 +131,7 @@ class Predictor:
         import torch
         tta = self.spec.tta if tta is None else tta
         x = self.normalise(x_uint8.float() / 255.0).contiguous(memory_format=torch.channels_last)
-        views = tta_views(self.tta_flips) if tta else [()]
+        views = spec.tta_views(self.tta_flips) if tta else [()]
         if tta and len(views) == 1:
             self._say_no_tta()
         with torch.inference_mode():
@@ -148,7 +146,7 @@ class Predictor:
         itself first (only it when `tta` is off): fit's choice of the shipped configuration
         (infer/choice.py) runs each view once and averages them as `forward` does."""
         import torch
-        views = tta_views(self.tta_flips) if tta else [()]
+        views = spec.tta_views(self.tta_flips) if tta else [()]
         x_all = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         out = [[] for _ in views]
         with torch.inference_mode():

@@ -184,20 +184,16 @@ def departures(predictor, tta: bool | None, threshold: float | None = None) -> l
     if (getattr(predictor.meta, "multi_label", False) and spec.thresholds and threshold is None
             and under and under.get("conditions") not in (None, conditions(predictor, tta))):
         out.append("note: the model's thresholds were searched on probabilities made under "
-                   f"{_said(under.get('conditions'))}; these are made under "
-                   f"{_said(conditions(predictor, tta))}: decisions at them are not tuned")
+                   f"{describe_conditions(under.get('conditions'))}; these are made under "
+                   f"{describe_conditions(conditions(predictor, tta))}: decisions at them are not tuned")
     return out
 
 
 def describe_conditions(c: dict | None) -> str:
     """`conditions` in words: "160 px, 8 views, fp32" (per member for an ensemble)."""
-    return _said(c)
-
-
-def _said(c):
     if not c:
         return "unknown conditions"
     if "members" in c:
-        return "; ".join(f"{name}: {_said(m)}" for name, m in c["members"].items())
+        return "; ".join(f"{name}: {describe_conditions(m)}" for name, m in c["members"].items())
     return (f"{c.get('size')} px, {c.get('views')} view{'s' if c.get('views') != 1 else ''}, "
             f"{c.get('precision')}")

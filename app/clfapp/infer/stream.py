@@ -82,7 +82,7 @@ def _views(predictor) -> list[str] | None:
     flips = getattr(predictor, "tta_flips", None)
     if flips is None:
         return None
-    from .predict import tta_views
+    from .spec import tta_views
     return ["+".join(v) or "image" for v in tta_views(flips)]
 
 

@@ -306,7 +306,7 @@ def fit(cfg: Config, folder: Path, on_prepared=None, started: float | None = Non
         from . import budget
         ds = prep.dataset
         from ..infer import choice
-        from ..infer.predict import tta_flips_for, tta_views
+        from ..infer.spec import tta_flips_for, tta_views
         # the end measures every candidate of the shipped configuration on validation (each
         # size in every view), then the chosen one on the test split (infer/choice.py)
         options = choice.candidates(cfg.data.size, prep.test_size or cfg.data.size,
@@ -406,7 +406,8 @@ def _finish(cfg, prep: Prepared, folder: Path, keep, lr: float, t0: float, stopp
     report.md, the summary) are the saved bundle's on it, and validation moves under "valid".
     """
     from ..infer import choice, spec, thresholds
-    from ..infer.predict import Predictor, tta_flips_for
+    from ..infer.predict import Predictor
+    from ..infer.spec import tta_flips_for
 
     learn, ds = prep.learn, prep.dataset
     flips = tta_flips_for(cfg.aug)
