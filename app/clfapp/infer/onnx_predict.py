@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +120,10 @@ class OnnxPredictor:
                 or out[0].shape[-1] != len(info["classes"]):
             raise UsageError(f"{onnx_path}: its graph's inputs/outputs do not fit {META_FILE}; export again")
 
-    @property
+    @cached_property
     def spec(self):
-        """How the graph is run (onnx.json `inference`); an export from before the spec: no
-        TTA, the first input's size, marked inferred."""
+        """How the graph is run (onnx.json `inference`, read once); an export from before the
+        spec: no TTA, the first input's size, marked inferred."""
         from . import spec
         raw = self.info.get("inference")
         if raw is not None:
